@@ -697,6 +697,19 @@ fn verify_compares_each_sites_own_replica_and_reports_the_regions_that_differ() 
     let o = ctl(&[&arg_a, &arg_b, "verify", "vol0"]);
     assert_eq!(code(&o), 0, "{}", text(&o));
     assert!(text(&o).contains("replicas identical"), "{}", text(&o));
+    // One site's socket twice (a typo, or another spelling of its path): a replica compared
+    // with itself is no comparison, never "identical".
+    let spelt = format!(
+        "--socket=b={}/./{}",
+        sa.parent().unwrap().display(),
+        sa.file_name().unwrap().to_str().unwrap()
+    );
+    for args in [[&arg_a, &arg_a], [&arg_a, &spelt]] {
+        let o = ctl(&[args[0], args[1], "verify", "vol0"]);
+        assert_eq!(code(&o), 2, "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("reach the same site"), "{}", text(&o));
+        assert!(!text(&o).contains("identical"), "{}", text(&o));
+    }
 
     // One block changed in a's file, another in b's, while the daemons run.
     let (at_a, at_b) = ((1 << 20) + 8192, 3 << 20);

@@ -51,6 +51,9 @@ const STATES: [&str; 8] = [
     "failed",
 ];
 
+/// Every CDP journal state (`cdp_status`'s `journal`).
+const JOURNAL_STATES: [&str; 3] = ["running", "degraded", "off"];
+
 /// Every path state (`mirror_status`'s `path_state`).
 const PATH_STATES: [&str; 4] = [
     "optimized",
@@ -420,6 +423,54 @@ impl Collector for Site {
             "witness_grant_held",
             "1 while this site holds the group's survivor grant.",
             &held,
+        )?;
+
+        // CDP journals (as `cdp_status`: the same published counters).
+        let journals: Vec<(String, serde_json::Value)> = self
+            .cx
+            .cdp
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|c| (rt.volumes.name(c.vol), c.snapshot()))
+            .collect();
+        let jl: Vec<[(&str, &str); 2]> = journals
+            .iter()
+            .flat_map(|(n, _)| {
+                JOURNAL_STATES
+                    .iter()
+                    .map(move |st| [("volume", n.as_str()), ("state", *st)])
+            })
+            .collect();
+        let jrows: Vec<(&[(&str, &str)], f64)> = jl
+            .iter()
+            .map(|l| {
+                let now = journals
+                    .iter()
+                    .find(|(n, _)| n == l[0].1)
+                    .map(|(_, j)| j["journal"] == l[1].1);
+                (&l[..], f64::from(u8::from(now == Some(true))))
+            })
+            .collect();
+        gauge(
+            &mut e,
+            "cdp_journal_state",
+            "1 for the CDP journal's current state at this site (running, degraded: stopped after a failed append, the volume serving with its history ended; off: switched off at run time), 0 for the others (docs/control.md, cdp_status).",
+            &jrows,
+        )?;
+        let cl: Vec<[(&str, &str); 1]> = journals
+            .iter()
+            .map(|(n, _)| [("volume", n.as_str())])
+            .collect();
+        gauge(
+            &mut e,
+            "cdp_catching_up",
+            "1 while the CDP history is not whole yet (journaling the volume again after cdp_enable, or waiting for the mirror to vouch for the replica).",
+            &journals
+                .iter()
+                .zip(&cl)
+                .map(|((_, j), l)| (&l[..], f64::from(u8::from(j["catching_up"] == true))))
+                .collect::<Vec<_>>(),
         )?;
         Ok(())
     }

@@ -125,3 +125,50 @@ fn a_client_sending_its_request_a_byte_at_a_time_is_dropped_when_its_time_is_up(
         );
     }
 }
+
+/// A CDP journal's state is exported (`twinblk_cdp_journal_state`, one series per state, 1 for
+/// the current one, as `cdp_status`'s `journal`; `twinblk_cdp_catching_up`), so an alert can
+/// fire on a journal that stopped: before, no CDP metric existed and a degraded journal was
+/// silent to monitoring.
+#[test]
+fn a_cdp_journal_state_is_exported_and_follows_cdp_disable() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ctl.sock");
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[control]\nsocket='{}'\nmetrics='127.0.0.1:0'\n[[volume]]\nname='db'\nbackend='malloc'\nsize='4MiB'\n[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n[[volume]]\nname='plain'\nbackend='malloc'\nsize='4MiB'\n",
+        sock.display(),
+        dir.path().join("j").display()
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    let addr = d.metrics_addr().expect("a metrics endpoint");
+    let (status, body, _) = scrape(addr);
+    assert!(status.contains("200"), "{status}");
+    for want in [
+        "# TYPE twinblk_cdp_journal_state gauge",
+        "twinblk_cdp_journal_state{volume=\"db\",state=\"running\"} 1",
+        "twinblk_cdp_journal_state{volume=\"db\",state=\"degraded\"} 0",
+        "twinblk_cdp_journal_state{volume=\"db\",state=\"off\"} 0",
+        "twinblk_cdp_catching_up{volume=\"db\"} 0",
+    ] {
+        assert!(body.contains(want), "{want} missing from:\n{body}");
+    }
+    assert!(
+        !body.contains("volume=\"plain\",state=\"running\""),
+        "{body}"
+    );
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"cdp_disable\",\"params\":{\"volume\":\"db\"}}\n")
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&c), &mut line).unwrap();
+    assert!(line.contains("\"result\""), "{line}");
+    let (_, body, _) = scrape(addr);
+    for want in [
+        "twinblk_cdp_journal_state{volume=\"db\",state=\"running\"} 0",
+        "twinblk_cdp_journal_state{volume=\"db\",state=\"off\"} 1",
+    ] {
+        assert!(body.contains(want), "{want} missing from:\n{body}");
+    }
+    drop(d);
+}

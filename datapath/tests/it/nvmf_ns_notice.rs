@@ -22,7 +22,7 @@ const SGL_INVALID_DATA: u16 = 0x00F;
 fn daemon(dir: &Path) -> (twinblk::Daemon, PathBuf, SocketAddr) {
     let sock = dir.join("ctl.sock");
     let text = format!(
-        "[reactor]\ncores=[0,1]\npin=false\nwait='adaptive'\n[nvmf]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n[runtime]\nmax_volumes=8\n[[volume]]\nname='base'\nbackend='malloc'\nsize='16MiB'\n",
+        "[reactor]\ncores=[0,1]\npin=false\nwait='adaptive'\n[nbd]\nlisten=[]\n[nvmf]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n[runtime]\nmax_volumes=8\n[[volume]]\nname='base'\nbackend='malloc'\nsize='16MiB'\n",
         sock.display()
     );
     let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");

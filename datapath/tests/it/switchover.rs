@@ -395,3 +395,50 @@ fn a_link_cut_during_a_switchover_ends_with_exactly_one_leader() {
     check_reads(&b, &[&la, &lb]);
     proxy.stop();
 }
+
+/// Both sites asked at the same moment (two operators, one at each site): to the same site,
+/// and then crossing (each asks for the other). Whatever the interleaving, exactly one site
+/// leads afterwards, at one term, and each answer says what happened: a success names the
+/// leader that now leads (and `changed` only if the term moved), an error leaves the
+/// leadership as `mirror_status` shows it.
+#[test]
+fn switchovers_asked_at_both_sites_at_once_end_with_one_leader_and_true_answers() {
+    let root = tempfile::tempdir().unwrap();
+    let (_w, a, b) = pair(root.path());
+    assert_eq!(leadership(&a), (true, 0));
+    for (round, (to_a, to_b)) in [("b", "b"), ("a", "a"), ("b", "a"), ("a", "b")]
+        .into_iter()
+        .enumerate()
+    {
+        let before = one_leader(&a, &b);
+        let (ra, rb) = std::thread::scope(|s| {
+            let ra = s.spawn(|| switch(&a, to_a, 10.0));
+            let rb = s.spawn(|| switch(&b, to_b, 10.0));
+            (ra.join().unwrap(), rb.join().unwrap())
+        });
+        let (la, term) = one_leader(&a, &b);
+        let now = if la { "a" } else { "b" };
+        eprintln!(
+            "round {round}: before {before:?}, a→{to_a}: {ra}\n  b→{to_b}: {rb}\n  now {now} at term {term}"
+        );
+        for (r, to) in [(&ra, to_a), (&rb, to_b)] {
+            if r["error"].is_null() {
+                let v = &r["result"]["volumes"][0];
+                if v["changed"] == true {
+                    // It moved the leadership to `to`; a later move may have followed.
+                    assert_eq!(v["leader"], to, "round {round}: {r}");
+                    assert!(v["term"].as_u64().unwrap() > before.1, "round {round}: {r}");
+                } else {
+                    assert_eq!(v["leader"], to, "round {round}: {r}");
+                }
+            }
+        }
+        assert!(
+            term <= before.1 + 2,
+            "round {round}: term {term} after {before:?}"
+        );
+        if to_a == to_b {
+            assert_eq!(now, to_a, "round {round}: both asked for {to_a}: {ra} {rb}");
+        }
+    }
+}

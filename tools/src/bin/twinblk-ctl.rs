@@ -496,6 +496,11 @@ fn run(cli: Cli) -> i32 {
                             "{}: nothing done: this site still sees its peer (state up)",
                             r.volume
                         );
+                    } else if r.witness_answer == "granted" {
+                        println!(
+                            "{}: the witness granted the group (epoch {}), but this volume is {} here after {wait} s: see `twinblk-ctl status` (a replica missing a grant since it was last in sync stays fenced)",
+                            r.volume, r.witness["epoch"], r.state
+                        );
                     } else {
                         println!(
                             "{}: not granted: the witness answered {} (holder {}, epoch {}); state {}",
@@ -719,7 +724,10 @@ fn cdp(cli: &Cli, cmd: &CdpCmd) -> i32 {
             if let Some(w) = wait {
                 p["wait"] = Value::from(*w);
             }
-            (ctl::call(&socket, "cdp_enable", p), cdp::render_enable)
+            (
+                cdp::with_enable_progress(&socket, volume, || ctl::call(&socket, "cdp_enable", p)),
+                cdp::render_enable,
+            )
         }
         CdpCmd::Disable { volume } => (
             ctl::call(

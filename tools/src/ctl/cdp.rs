@@ -206,6 +206,83 @@ fn endpoints(o: &mut String, v: &Value, indent: &str) {
     }
 }
 
+/// Run `f` (the `cdp_enable` call for `volume` at `socket`, which answers once the catch-up
+/// is done or its wait ran out: minutes on a large volume) and print its progress on stderr
+/// meanwhile, every second from the first on: `cdp_status`'s `catch_up_bytes` of the
+/// volume's size (one line rewritten on a terminal, a line each otherwise). A reading that
+/// fails is skipped: the answer of `f` says what happened.
+pub fn with_enable_progress<T>(socket: &Path, volume: &str, f: impl FnOnce() -> T) -> T {
+    use std::io::{IsTerminal, Write as _};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let done = AtomicBool::new(false);
+    let tty = std::io::stderr().is_terminal();
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let start = Instant::now();
+            let mut next = start + Duration::from_secs(1);
+            let mut size: Option<u64> = None;
+            let mut printed = false;
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+                if Instant::now() < next || done.load(Ordering::SeqCst) {
+                    continue;
+                }
+                next += Duration::from_secs(1);
+                if size.is_none() {
+                    size = super::call(socket, "volume_list", Value::Null)
+                        .ok()
+                        .and_then(|l| {
+                            l.as_array()?
+                                .iter()
+                                .find(|v| v["name"] == volume)?["size"]
+                                .as_u64()
+                        });
+                }
+                let Ok(st) = super::call(socket, "cdp_status", Value::Null) else {
+                    continue;
+                };
+                let Some(c) = st
+                    .as_array()
+                    .and_then(|a| a.iter().find(|c| c["volume"] == volume))
+                else {
+                    continue;
+                };
+                let hb = |b: u64| super::verify::human_bytes(b as f64);
+                let secs = start.elapsed().as_secs();
+                let what = match (c["catch_up_bytes"].as_u64(), size) {
+                    (Some(b), Some(s)) if b >= s && c["catching_up"] == true => format!(
+                        "journaled again ({}); waiting for the mirror to vouch for this site's replica",
+                        hb(s)
+                    ),
+                    (Some(b), Some(s)) if s > 0 => format!(
+                        "journaling the volume again: {} of {} ({}%)",
+                        hb(b),
+                        hb(s),
+                        b.saturating_mul(100) / s
+                    ),
+                    (Some(b), _) => format!("journaling the volume again: {}", hb(b)),
+                    (None, _) => "starting".to_string(),
+                };
+                let line = format!("cdp enable {volume}: {what}, {secs} s");
+                let mut e = std::io::stderr();
+                let _ = if tty {
+                    write!(e, "\r{line}\x1b[K")
+                } else {
+                    writeln!(e, "{line}")
+                };
+                printed = true;
+            }
+            if tty && printed {
+                eprintln!();
+            }
+        });
+        let r = f();
+        done.store(true, Ordering::SeqCst);
+        r
+    })
+}
+
 /// `cdp_enable`'s answer as text: from where the history is whole.
 pub fn render_enable(v: &Value) -> String {
     let mut o = format!(

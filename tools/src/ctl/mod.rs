@@ -61,14 +61,14 @@ pub mod exit {
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The socket could not be reached.
-    #[error(
-        "cannot reach {path}: {source} (is `twinblk serve` running, and is this the socket of its [control] section?)"
-    )]
+    #[error("cannot reach {path}: {source} ({hint})")]
     Connect {
         /// The socket.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+        /// What it means, from what is at the path.
+        hint: String,
     },
     /// The daemon's answer could not be read.
     #[error("{path}: reading the answer: {what}")]
@@ -91,6 +91,31 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// The socket at `path` could not be reached: `source`, explained by what is there.
+    pub fn connect(path: &Path, source: std::io::Error) -> CallError {
+        use std::io::ErrorKind as K;
+        use std::os::unix::fs::FileTypeExt;
+        let daemon = "is `twinblk serve` running, and is this the socket of its [control] section?";
+        let hint = match source.kind() {
+            K::NotFound => format!("no socket there: {daemon}"),
+            K::PermissionDenied => "no permission: the socket is mode 0660 in a directory of mode 0750; run as the daemon's user or as a member of the daemon's [control] group".to_string(),
+            K::ConnectionRefused => match std::fs::metadata(path) {
+                Ok(m) if !m.file_type().is_socket() => {
+                    "not a socket: give the [control] socket path of the daemon's config, not another file".to_string()
+                }
+                _ => format!(
+                    "no daemon listens on it: a socket left by a daemon that stopped? {daemon}"
+                ),
+            },
+            _ => daemon.to_string(),
+        };
+        CallError::Connect {
+            path: path.to_path_buf(),
+            source,
+            hint,
+        }
+    }
+
     /// The exit code for this failure: unreachable, the run-time changes' refusals "in use"
     /// and "from the config file" (any command, also `call`), else [`exit::ERROR`].
     pub fn exit_code(&self) -> i32 {
@@ -155,6 +180,22 @@ pub fn answer_timeout(method: &str, params: &Value) -> Duration {
     })
 }
 
+/// Methods that change nothing (a call of one of them without an answer changed nothing).
+const READINGS: &[&str] = &[
+    "daemon_info",
+    "volume_list",
+    "export_list",
+    "reactor_stats",
+    "volume_stats",
+    "mirror_status",
+    "cdp_status",
+    "cdp_bookmarks",
+    "cdp_jobs",
+    "host_list",
+    "nvmf_subsystems",
+    "volume_checksums",
+];
+
 /// As [`call`], waiting at most `timeout` for the answer.
 pub fn call_timeout(
     path: &Path,
@@ -162,10 +203,7 @@ pub fn call_timeout(
     params: Value,
     timeout: Duration,
 ) -> Result<Value, CallError> {
-    let mut s = UnixStream::connect(path).map_err(|source| CallError::Connect {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let mut s = UnixStream::connect(path).map_err(|source| CallError::connect(path, source))?;
     let reply_err = |what: String| CallError::Reply {
         path: path.to_path_buf(),
         what,
@@ -177,11 +215,34 @@ pub fn call_timeout(
     let sent = writeln!(s, "{req}");
     let mut line = String::new();
     let read = BufReader::new(s).read_line(&mut line);
+    // Without an answer the outcome of a change is unknown: say so, never just an OS error.
+    let unknown = if READINGS.contains(&method) {
+        String::new()
+    } else {
+        format!(
+            "; whether {method} was done is not known: look (e.g. `status`, the lists) before asking again"
+        )
+    };
     match (sent, read) {
         (_, Ok(n)) if n > 0 => {}
-        (Err(e), _) => return Err(reply_err(e.to_string())),
-        (Ok(()), Err(e)) => return Err(reply_err(e.to_string())),
-        (Ok(()), Ok(_)) => {}
+        (Err(e), _) => return Err(reply_err(format!("{e}{unknown}"))),
+        (Ok(()), Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(reply_err(format!(
+                "no answer within {} s (the daemon took the request but did not answer: busy with a long call, or stuck){unknown}",
+                timeout.as_secs_f64()
+            )));
+        }
+        (Ok(()), Err(e)) => return Err(reply_err(format!("{e}{unknown}"))),
+        (Ok(()), Ok(_)) => {
+            return Err(reply_err(format!(
+                "the daemon closed the connection without answering (it stopped or crashed during the call?){unknown}"
+            )));
+        }
     }
     let reply: Value =
         serde_json::from_str(&line).map_err(|e| reply_err(format!("not JSON ({e}): {line:?}")))?;
@@ -245,6 +306,8 @@ pub struct SiteReport {
     pub volumes: Vec<Value>,
     /// Its mirrored volumes (`mirror_status`).
     pub mirrors: Vec<Value>,
+    /// Its CDP journals (`cdp_status`; empty from a daemon without the method).
+    pub cdp: Vec<Value>,
 }
 
 /// The witness's record of a group, read from its state file.
@@ -265,6 +328,8 @@ pub struct VolumeAtSite {
     pub site: String,
     /// Its `mirror_status` entry (null: not mirrored there, or the site did not answer).
     pub mirror: Value,
+    /// Its `cdp_status` entry (null: no journal there, or the site did not answer).
+    pub cdp: Value,
 }
 
 /// One volume at both sites.
@@ -339,16 +404,21 @@ pub fn site_report(arg: &SiteArg) -> SiteReport {
         version: None,
         volumes: Vec::new(),
         mirrors: Vec::new(),
+        cdp: Vec::new(),
     };
     let answers = (|| -> Result<_, CallError> {
         Ok((
             call(&arg.socket, "daemon_info", Value::Null)?,
             call(&arg.socket, "volume_list", Value::Null)?,
             call(&arg.socket, "mirror_status", Value::Null)?,
+            match call(&arg.socket, "cdp_status", Value::Null) {
+                Err(CallError::Daemon { code: -32601, .. }) => Value::Null,
+                r => r?,
+            },
         ))
     })();
     match answers {
-        Ok((info, vols, mirrors)) => {
+        Ok((info, vols, mirrors, cdp)) => {
             r.reachable = true;
             if let Some(site) = info["mirror"]["site"].as_str() {
                 r.name = site.to_string();
@@ -358,6 +428,7 @@ pub fn site_report(arg: &SiteArg) -> SiteReport {
             r.version = info["version"].as_str().map(str::to_string);
             r.volumes = vols.as_array().cloned().unwrap_or_default();
             r.mirrors = mirrors.as_array().cloned().unwrap_or_default();
+            r.cdp = cdp.as_array().cloned().unwrap_or_default();
         }
         Err(e) => r.error = Some(e.to_string()),
     }
@@ -449,12 +520,19 @@ pub fn assemble(
                     .find(|m| m["volume"] == name.as_str())
                     .cloned()
                     .unwrap_or(Value::Null),
+                cdp: s
+                    .cdp
+                    .iter()
+                    .find(|c| c["volume"] == name.as_str())
+                    .cloned()
+                    .unwrap_or(Value::Null),
             })
             .collect();
         let mut vp = Vec::new();
         if mirrored {
             judge_mirror(&name, &sites, &per_site, &site_name, &mut vp);
         }
+        judge_cdp(&name, &per_site, &mut vp);
         problems.extend(vp.iter().cloned());
         let v = VolumeReport {
             volume: name,
@@ -508,6 +586,33 @@ pub fn assemble(
     }
 }
 
+/// The problems of one volume's CDP journals: one that stopped (`degraded`: its history
+/// ends, the volume serves unprotected), one not whole yet (catching up after `cdp_enable`:
+/// no point up to now can be restored or bookmarked), a rollback in place waiting for
+/// `--confirm` or `--undo`. A journal switched off at run time is the operator's choice.
+fn judge_cdp(name: &str, per_site: &[VolumeAtSite], out: &mut Vec<String>) {
+    for v in per_site.iter().filter(|v| !v.cdp.is_null()) {
+        let (c, at) = (&v.cdp, format!("{name} at {}", v.site));
+        if c["journal"] == "degraded" {
+            out.push(format!(
+                "{at}: CDP journal DEGRADED (the history ends at sequence {}): {}",
+                c["durable_seq"],
+                c["degraded_note"]
+                    .as_str()
+                    .unwrap_or("see `twinblk-ctl cdp status`")
+            ));
+        }
+        if c["catching_up"] == true {
+            out.push(format!(
+                "{at}: CDP history catching up (not whole yet: no point after the switch-on can be restored or bookmarked until it is)"
+            ));
+        }
+        if let Some(r) = c["rollback"].as_str() {
+            out.push(format!("{at}: CDP rollback in place not confirmed: {r}"));
+        }
+    }
+}
+
 /// The problems of one mirrored volume (`per_site` is in `sites` order).
 fn judge_mirror(
     name: &str,
@@ -546,7 +651,13 @@ fn judge_mirror(
             out.push(format!("{at}: {d} dirty bytes to copy to the peer"));
         }
         if m["resync_running"] == true {
-            out.push(format!("{at}: resync running"));
+            if m["resync_paused"] == true {
+                out.push(format!(
+                    "{at}: resync PAUSED by an operator (its copies wait; only a last pass is never paused): `twinblk-ctl resync {name} resume`"
+                ));
+            } else {
+                out.push(format!("{at}: resync running"));
+            }
         }
         if m["takeover_pending"] == true {
             out.push(format!("{at}: a takeover waits for the witness"));
@@ -618,7 +729,12 @@ pub fn takeover(socket: &Path, volume: &str, wait: Duration) -> Result<TakeoverR
             .cloned()
             .unwrap_or(Value::Null);
         let pending = m["takeover_pending"] == true;
-        if refused.is_some() || !pending || t.elapsed() >= wait {
+        // The engine clears the request when the witness answers and becomes `survivor`
+        // once the grant is taken (its state written first): a grant seen before the state
+        // follows is awaited, not reported as not granted.
+        let taking =
+            !pending && m["witness"]["last_answer"] == "granted" && m["state"] != "survivor";
+        if refused.is_some() || (!pending && !taking) || t.elapsed() >= wait {
             let state = m["state"].as_str().unwrap_or("?").to_string();
             return Ok(TakeoverReport {
                 volume: volume.to_string(),
@@ -686,6 +802,214 @@ mod tests {
                 json!({"jsonrpc": "2.0", "id": 1, "result": {"ok": true}})
             );
         })
+    }
+
+    fn cdp_site(name: &str, journal: Value) -> SiteReport {
+        SiteReport {
+            name: name.into(),
+            socket: PathBuf::from(format!("/tmp/{name}.sock")),
+            reachable: true,
+            error: None,
+            site_id: None,
+            witness: None,
+            version: Some("0.1.0".into()),
+            volumes: vec![json!({"name": "db", "size": 8 << 20, "block_size": 512})],
+            mirrors: Vec::new(),
+            cdp: vec![journal],
+        }
+    }
+
+    #[test]
+    fn a_paused_resync_is_shown_paused_not_as_a_rate_and_time_left() {
+        let site = |name: &str, id: u64, m: Value| SiteReport {
+            name: name.into(),
+            socket: PathBuf::from(format!("/tmp/{name}.sock")),
+            reachable: true,
+            error: None,
+            site_id: Some(id),
+            witness: None,
+            version: Some("0.1.0".into()),
+            volumes: vec![json!({"name": "vol0", "size": 64u64 << 20, "block_size": 512})],
+            mirrors: vec![m],
+            cdp: Vec::new(),
+        };
+        let mirror = |role: &str, state: &str, extra: Value| {
+            let mut m = json!({"volume": "vol0", "role": role, "state": state, "group": "vol0",
+                "dirty_bytes": 0, "resync_running": false, "link_up": true, "session": 2,
+                "witness": null});
+            for (k, v) in extra.as_object().unwrap() {
+                m[k] = v.clone();
+            }
+            m
+        };
+        let st = |extra: Value| {
+            assemble(
+                vec![
+                    site("a", 1, mirror("leader", "survivor", extra)),
+                    site("b", 2, mirror("follower", "resyncing", json!({}))),
+                ],
+                None,
+            )
+        };
+        let paused = st(json!({"dirty_bytes": 32u64 << 20, "resync_running": true,
+            "resync_paused": true, "resync_rate_bytes_per_s": 1u64 << 20, "resync_eta_s": 32.0}));
+        assert!(
+            paused
+                .problems
+                .iter()
+                .any(|p| p.contains("vol0 at a: resync PAUSED")
+                    && p.contains("twinblk-ctl resync vol0 resume")),
+            "{:?}",
+            paused.problems
+        );
+        let screen = render::status(&paused);
+        assert!(screen.contains("PAUSED"), "{screen}");
+        assert!(!screen.contains("s left"), "{screen}");
+        let limited = st(json!({"dirty_bytes": 32u64 << 20, "resync_running": true,
+            "resync_paused": false, "resync_rate_bytes_per_s": 1u64 << 20, "resync_eta_s": 32.0,
+            "resync_rate_limit_bytes_per_s": 2u64 << 20}));
+        let screen = render::status(&limited);
+        assert!(
+            screen.contains("1.0 MiB/s, 32.0 s left, limited to 2.0 MiB/s"),
+            "{screen}"
+        );
+        assert!(
+            limited
+                .problems
+                .iter()
+                .any(|p| p == "vol0 at a: resync running"),
+            "{:?}",
+            limited.problems
+        );
+    }
+
+    #[test]
+    fn a_cdp_journal_that_stopped_or_is_not_whole_is_a_problem_of_the_status() {
+        let journal = |j: &str, catching_up: bool, rollback: Value| {
+            json!({"volume": "db", "journal": j, "catching_up": catching_up,
+                "degraded_note": if j == "degraded" { json!("appending failed: No space left on device (os error 28); the next start journals the changed regions again") } else { Value::Null },
+                "degraded_since_ns": if j == "degraded" { json!(5) } else { Value::Null },
+                "durable_seq": 41, "rollback": rollback, "vouched": true})
+        };
+        let running = assemble(
+            vec![cdp_site("a", journal("running", false, Value::Null))],
+            None,
+        );
+        assert!(running.in_sync, "{:?}", running.problems);
+        assert_eq!(running.exit_code(), exit::OK);
+        // Switched off by an operator at run time: not a problem.
+        let off = assemble(
+            vec![cdp_site("a", journal("off", false, Value::Null))],
+            None,
+        );
+        assert!(off.in_sync, "{:?}", off.problems);
+        for (j, says) in [
+            (
+                journal("degraded", false, Value::Null),
+                "db at a: CDP journal DEGRADED (the history ends at sequence 41): appending failed: No space left",
+            ),
+            (
+                journal("running", true, Value::Null),
+                "db at a: CDP history catching up",
+            ),
+            (
+                journal(
+                    "running",
+                    false,
+                    json!(
+                        "rolled back to sequence 7 (time 9) at 10, not confirmed; --undo returns to sequence 40"
+                    ),
+                ),
+                "db at a: CDP rollback in place not confirmed: rolled back to sequence 7",
+            ),
+        ] {
+            let st = assemble(vec![cdp_site("a", j)], None);
+            assert!(!st.in_sync, "{says}");
+            assert_eq!(st.exit_code(), exit::NOT_IN_SYNC, "{says}");
+            assert!(
+                st.problems.iter().any(|p| p.starts_with(says)),
+                "{says}: {:?}",
+                st.problems
+            );
+            assert!(!st.groups[0].volumes[0].in_sync, "{says}");
+        }
+    }
+
+    #[test]
+    fn a_socket_that_cannot_be_reached_is_explained_by_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let msg = |p: &Path| call(p, "daemon_info", Value::Null).unwrap_err().to_string();
+        // Nothing there.
+        let m = msg(&dir.path().join("none.sock"));
+        assert!(
+            m.contains("no socket there: is `twinblk serve` running"),
+            "{m}"
+        );
+        // A file that is not a socket (e.g. the config file given by mistake).
+        let f = dir.path().join("twinblk.toml");
+        std::fs::write(&f, "x").unwrap();
+        let m = msg(&f);
+        assert!(m.contains("not a socket"), "{m}");
+        // A socket nobody listens on: a daemon that stopped without removing it.
+        let stale = dir.path().join("stale.sock");
+        drop(UnixListener::bind(&stale).unwrap());
+        let m = msg(&stale);
+        assert!(m.contains("no daemon listens on it"), "{m}");
+        // No permission: the socket's mode and group (root passes any mode, so built).
+        let e = CallError::connect(
+            &stale,
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        assert!(
+            e.to_string()
+                .contains("a member of the daemon's [control] group"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), exit::UNREACHABLE);
+    }
+
+    #[test]
+    fn a_call_without_an_answer_says_so_and_that_the_outcome_is_not_known() {
+        let dir = tempfile::tempdir().unwrap();
+        // The daemon takes the request and stops (or crashes) before it answers.
+        let sock = dir.path().join("gone.sock");
+        let l = UnixListener::bind(&sock).unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+        });
+        let e = call(&sock, "volume_create", json!({"name": "v"})).unwrap_err();
+        t.join().unwrap();
+        let m = e.to_string();
+        assert!(
+            m.contains("closed the connection without answering")
+                && m.contains("whether volume_create was done is not known"),
+            "{m}"
+        );
+        assert_eq!(e.exit_code(), exit::ERROR);
+        // The daemon takes the request and does not answer in time.
+        let sock = dir.path().join("mute.sock");
+        let l = UnixListener::bind(&sock).unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            std::thread::sleep(Duration::from_millis(800));
+            drop(s);
+        });
+        let e = call_timeout(
+            &sock,
+            "nbd_export_add",
+            json!({}),
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
+        t.join().unwrap();
+        let m = e.to_string();
+        assert!(
+            m.contains("no answer within 0.2 s")
+                && m.contains("whether nbd_export_add was done is not known"),
+            "{m}"
+        );
     }
 
     #[test]

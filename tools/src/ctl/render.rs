@@ -34,15 +34,23 @@ fn link(m: &Value) -> String {
 }
 
 fn resync(m: &Value) -> String {
-    if m["resync_running"] == true {
-        format!(
-            "{}/s, {:.1} s left",
-            bytes(m["resync_rate_bytes_per_s"].as_u64().unwrap_or(0)),
-            m["resync_eta_s"].as_f64().unwrap_or(0.0)
-        )
-    } else {
-        "-".into()
+    if m["resync_running"] != true {
+        return "-".into();
     }
+    let rate = bytes(m["resync_rate_bytes_per_s"].as_u64().unwrap_or(0));
+    if m["resync_paused"] == true {
+        // The rate is the average since the start and the time left follows from it: while
+        // paused neither says when it ends.
+        return format!("PAUSED (average {rate}/s so far)");
+    }
+    let mut s = format!(
+        "{rate}/s, {:.1} s left",
+        m["resync_eta_s"].as_f64().unwrap_or(0.0)
+    );
+    if let Some(l) = m["resync_rate_limit_bytes_per_s"].as_u64() {
+        let _ = write!(s, ", limited to {}/s", bytes(l));
+    }
+    s
 }
 
 fn witness(m: &Value, site_name: &dyn Fn(u64) -> String) -> String {
@@ -82,7 +90,9 @@ fn volume(out: &mut String, v: &VolumeReport, site_name: &dyn Fn(u64) -> String)
     let size = v.size.map(bytes).unwrap_or_default();
     let verdict = if v.in_sync { "in sync" } else { "NOT IN SYNC" };
     if !v.mirrored {
-        let _ = writeln!(out, "  volume {} ({size}): not mirrored", v.volume);
+        let more = if v.in_sync { "" } else { "; problems below" };
+        let _ = writeln!(out, "  volume {} ({size}): not mirrored{more}", v.volume);
+        cdp_lines(out, v);
         return;
     }
     let _ = writeln!(out, "  volume {} ({size}): {verdict}", v.volume);
@@ -170,6 +180,25 @@ fn volume(out: &mut String, v: &VolumeReport, site_name: &dyn Fn(u64) -> String)
                 s.site
             );
         }
+    }
+    cdp_lines(out, v);
+}
+
+/// One line per site where the volume has a CDP journal.
+fn cdp_lines(out: &mut String, v: &VolumeReport) {
+    for s in v.sites.iter().filter(|s| !s.cdp.is_null()) {
+        let c = &s.cdp;
+        let mut what = format!("journal {}", c["journal"].as_str().unwrap_or("?"));
+        if c["catching_up"] == true {
+            what.push_str(", catching up");
+        }
+        if c["vouched"] == false {
+            what.push_str(", not vouched for by the mirror");
+        }
+        if !c["rollback"].is_null() {
+            what.push_str(", rollback not confirmed");
+        }
+        let _ = writeln!(out, "    CDP at {}: {what}", s.site);
     }
 }
 

@@ -245,7 +245,7 @@ fn both(
     Ok([a?, b?])
 }
 
-fn human_bytes(b: f64) -> String {
+pub(crate) fn human_bytes(b: f64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b;
     let mut i = 0;
@@ -275,6 +275,15 @@ pub fn verify(sites: &[SiteArg], o: &VerifyOpts) -> Result<VerifyReport, VerifyE
     }
     let (a, size_a) = prepare(sa, &o.volume)?;
     let (b, size_b) = prepare(sb, &o.volume)?;
+    if a.name == b.name {
+        // A replica compared with itself would always be "identical".
+        return Err(VerifyError::Usage(format!(
+            "{} and {} reach the same site {}: give each site's socket once",
+            sa.socket.display(),
+            sb.socket.display(),
+            a.name
+        )));
+    }
     if size_a != size_b {
         return Err(VerifyError::Refused(format!(
             "{}: {size_a} bytes at site {}, {size_b} at site {}",

@@ -465,6 +465,13 @@ impl DrillConfig {
                 }
             }
         }
+        if self.load.blocks_per_writer < 2 {
+            // The fault's writes go to the range's second half (load.rs, "Regions").
+            return bad(format!(
+                "load.blocks_per_writer = {}: a drill with [fault] needs at least 2 (half for the writes before the fault, half for those after it)",
+                self.load.blocks_per_writer
+            ));
+        }
         check_secs("fault.command_timeout_s", f.command_timeout_s)?;
         check_secs("targets.max_rto_s", t.max_rto_s)?;
         check_secs("targets.max_resync_s", t.max_resync_s)?;
@@ -586,6 +593,7 @@ history = "/tmp/h"
                 "[load]\nfirst_block = 18446744073709551615\n[targets]",
             ),
             ("[targets]", "[timing]\npoll_ms = 0\n[targets]"),
+            ("[targets]", "[load]\nblocks_per_writer = 1\n[targets]"),
         ] {
             let text = GOOD.replacen(from, to, 1);
             assert_ne!(text, GOOD, "{from}");

@@ -9,6 +9,15 @@
 //! the other site (as a host with multipath would), and moves back home only when told to
 //! (after the drill saw both sites in sync again).
 //!
+//! Regions (a disruptive drill): until the fault the writers write the first half of their
+//! ranges; from the fault on, the second half, each block once (a failed write's block is
+//! taken by the next write), then they wait; once the read-back at the survivor is done
+//! ([`paused`]) they go round the whole range. So the writes at risk from the fault (the ones
+//! acknowledged before it, and those sent since) are still on their blocks when the survivor
+//! is read: a lost one cannot be hidden by a newer write of the same block. A read-back runs
+//! with the load paused ([`paused`]) for the same reason. The sandbox drill writes the whole
+//! range throughout.
+//!
 //! Invariants: a write is logged `ok` only when the server acknowledged it ([`super::nbd`]);
 //! a write that failed or timed out is logged as failed: its block may hold it or the
 //! previous version (both are legal afterwards; neither is a lost acknowledged write). The
@@ -19,7 +28,7 @@
 
 use super::nbd::NbdClient;
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,6 +70,8 @@ pub struct WriterLog {
     pub connect_failures: u64,
     /// The first distinct error messages, with their time.
     pub errors: Vec<(u64, String)>,
+    /// The writer waits with no write in flight ([`paused`], or its fresh blocks used up).
+    pub parked: bool,
 }
 
 /// What a writer needs.
@@ -83,9 +94,21 @@ pub struct WriterSpec {
 }
 
 impl WriterSpec {
-    /// The block of sequence number `seq`.
+    /// The block of sequence number `seq` (the whole range in turn).
     pub fn block_of(&self, seq: u64) -> u64 {
-        self.first_block + self.id as u64 * self.blocks + seq % self.blocks
+        self.block_in(seq, REGION_WHOLE, 0)
+    }
+
+    /// The block of sequence number `seq` in `region`; in [`REGION_FRESH`], the block after
+    /// the `fresh_used` ones holding an acknowledged write of that region.
+    fn block_in(&self, seq: u64, region: u8, fresh_used: u64) -> u64 {
+        let base = self.first_block + self.id as u64 * self.blocks;
+        let half = self.blocks / 2;
+        match region {
+            REGION_FIRST if half > 0 => base + seq % half,
+            REGION_FRESH if half > 0 => base + half + fresh_used % (self.blocks - half),
+            _ => base + seq % self.blocks,
+        }
     }
 }
 
@@ -105,6 +128,61 @@ pub struct LoadControl {
     pub stop: AtomicBool,
     /// Writers away from home may go back.
     pub home_ok: AtomicBool,
+    /// Which part of its range a writer writes (`REGION_*`).
+    region: AtomicU8,
+    /// Writers send nothing more (a read-back runs): [`paused`].
+    pause: AtomicBool,
+}
+
+/// Where a writer writes in its range (the drill's RPO check needs the writes at risk from
+/// a fault left untouched until they are read back: see [`LoadControl::fault_begins`]).
+const REGION_WHOLE: u8 = 0;
+/// The first half only (a disruptive drill, until the fault).
+const REGION_FIRST: u8 = 1;
+/// The second half, each block at most once, then the writer waits (from the fault on).
+const REGION_FRESH: u8 = 2;
+
+impl LoadControl {
+    /// A disruptive drill starts: the writers write the first half of their ranges only, so
+    /// the second half is free for the writes sent from the fault on.
+    pub fn drill_begins(&self) {
+        self.region.store(REGION_FIRST, Ordering::SeqCst);
+    }
+
+    /// The fault begins: from their next write on, the writers write the second half of their
+    /// ranges, each block at most once, and then wait for [`paused`]'s end. So no block that
+    /// held an acknowledged write at the fault, and no block written since, is written again
+    /// before the read-back at the survivor: a write the failed site acknowledged and the
+    /// survivor never got stays visible as lost (before, the load went on round the range
+    /// for `observe_s` first and overwrote it, and RPO read "0 (verified)").
+    pub fn fault_begins(&self) {
+        self.region.store(REGION_FRESH, Ordering::SeqCst);
+    }
+}
+
+/// Run `f` (a read-back) with the load paused: the writers finish the write they are in (at
+/// most `timeout`, the write timeout, plus a second), write nothing while `f` runs, and then
+/// go on over their whole ranges. A block's newest acknowledged write is thus not overwritten
+/// while it is being looked for.
+pub fn paused<T>(
+    ctl: &LoadControl,
+    writers: &[Writer],
+    timeout: Duration,
+    f: impl FnOnce() -> T,
+) -> T {
+    ctl.pause.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + timeout + Duration::from_secs(1);
+    while Instant::now() < deadline
+        && !writers
+            .iter()
+            .all(|w| w.log.lock().unwrap_or_else(|p| p.into_inner()).parked)
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let r = f();
+    ctl.region.store(REGION_WHOLE, Ordering::SeqCst);
+    ctl.pause.store(false, Ordering::SeqCst);
+    r
 }
 
 /// The stamp of `(run, writer, site, seq, block)`: `len` bytes.
@@ -196,10 +274,32 @@ fn run_writer(spec: &WriterSpec, t0: Instant, ctl: &LoadControl, log: &Mutex<Wri
     let sites = spec.targets.len().max(1);
     let mut cur = home;
     let mut conn: Option<NbdClient> = None;
+    // Blocks of the fresh half holding a write acknowledged since the fault (a failed write's
+    // block is written again by the next write, so failures use up no fresh block).
+    let (mut region, mut fresh_used) = (REGION_WHOLE, 0u64);
+    let fresh_blocks = spec.blocks - spec.blocks / 2;
     while !ctl.stop.load(Ordering::SeqCst) {
         if cur != home && ctl.home_ok.load(Ordering::SeqCst) {
             cur = home;
             conn = None;
+        }
+        {
+            // Every write of a region is judged by the read-back that ends it: wait rather
+            // than write a block of the fresh half twice, or anything while paused.
+            let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
+            let now = ctl.region.load(Ordering::SeqCst);
+            if now != region {
+                region = now;
+                fresh_used = 0;
+            }
+            let wait = ctl.pause.load(Ordering::SeqCst)
+                || (region == REGION_FRESH && fresh_used >= fresh_blocks);
+            l.parked = wait;
+            if wait {
+                drop(l);
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
         }
         let c = match &mut conn {
             Some(c) => c,
@@ -225,7 +325,7 @@ fn run_writer(spec: &WriterSpec, t0: Instant, ctl: &LoadControl, log: &Mutex<Wri
             l.next_seq += 1;
             l.next_seq - 1
         };
-        let block = spec.block_of(seq);
+        let block = spec.block_in(seq, region, fresh_used);
         let data = stamp(
             spec.block_size as usize,
             spec.run,
@@ -239,6 +339,9 @@ fn run_writer(spec: &WriterSpec, t0: Instant, ctl: &LoadControl, log: &Mutex<Wri
         let r = c.write(block * u64::from(spec.block_size), &data);
         let done_us = us(t0);
         let ok = r.is_ok();
+        if ok && region == REGION_FRESH {
+            fresh_used += 1;
+        }
         log.lock()
             .unwrap_or_else(|p| p.into_inner())
             .writes
@@ -375,6 +478,9 @@ pub fn check(
     out.complete = true;
     out
 }
+
+#[cfg(test)]
+mod rpo_tests;
 
 #[cfg(test)]
 mod tests {

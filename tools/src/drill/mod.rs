@@ -8,16 +8,17 @@
 //!
 //! Phases, in order: precheck (both sites answer, the volume is `up` and in sync at both:
 //! a drill never starts on a degraded cluster) → baseline load → fault → failover (until the
-//! survivor acknowledges a write issued after the fault) → observation → read-back at the
-//! survivor → restore → resync (until both sites are `up`, nothing dirty, no resync) → load
-//! back home → read-back at both sites → replica comparison (`twinblk-ctl verify`'s code) →
-//! report. Timestamps are microseconds since the drill's start on one monotonic clock: the
+//! survivor acknowledges a write issued after the fault) → read-back at the survivor (load
+//! paused) → observation → restore → resync (until both sites are `up`, nothing dirty, no
+//! resync) → read-back at both sites (load paused) → load back home → read-back at both
+//! sites → replica comparison (`twinblk-ctl verify`'s code) → report. Each read-back runs
+//! before the load can overwrite the writes it judges (load.rs, "Regions"). Timestamps are microseconds since the drill's start on one monotonic clock: the
 //! writers' send and acknowledge times, and `mirror_status` polls of each site (one thread
 //! per site, every `timing.poll_ms`), so a phase is known to within one poll interval.
 //!
 //! Invariants: RPO is reported "0 (verified)" only when every block holding an acknowledged
 //! write was read back at the survivor after the fault and at both sites after the resync and
-//! none held less than its newest acknowledged write; anything short of that is "not
+//! at the end, and none held less than its newest acknowledged write; anything short of that is "not
 //! verified" and fails the target. A measurement that could not be taken (no failover, no
 //! resync) fails its target; it is never replaced by a guess. Every loop is bounded by a
 //! configured time. The drill only writes to its own block range of the volume.
@@ -548,6 +549,7 @@ fn disruptive(
     ));
     let mut pollers = Pollers::start(&cfg, t0)?;
     let ctl_load = Arc::new(LoadControl::default());
+    ctl_load.drill_begins();
     let targets: Vec<(String, String)> = cfg
         .sites
         .iter()
@@ -607,6 +609,7 @@ fn disruptive(
 
     // The fault.
     let fault_us = r.event(format!("fault: {} of site {}", f.kind.as_str(), f.site));
+    ctl_load.fault_begins();
     if let Err(e) = fault(f, false, cmd_log) {
         r.event(format!("injecting the fault failed: {e}; restoring"));
         let _ = fault(f, true, cmd_log);
@@ -652,22 +655,25 @@ fn disruptive(
             ));
         }
     }
-    std::thread::sleep(Duration::from_secs_f64(cfg.timing.observe_s));
+    // Read back at once, with the load paused: the writes at risk from the fault are still
+    // on their blocks (load.rs, "Regions"); the load then goes on for observe_s.
     let (addr_s, export_s) = &targets[survivor];
     let timeout = Duration::from_secs_f64(cfg.load.write_timeout_s);
     r.event(format!(
-        "read-back at the survivor {}",
+        "read-back at the survivor {} (load paused)",
         cfg.sites[survivor].name
     ));
-    let rb_survivor = load::check(
-        &cfg.sites[survivor].name,
-        addr_s,
-        export_s,
-        &writers,
-        timeout,
-    );
+    let rb_survivor = load::paused(&ctl_load, &writers, timeout, || {
+        load::check(
+            &cfg.sites[survivor].name,
+            addr_s,
+            export_s,
+            &writers,
+            timeout,
+        )
+    });
     r.event(format!(
-        "read-back at {}: {} blocks, {} lost{}",
+        "read-back at {}: {} blocks, {} lost{}; load resumed",
         cfg.sites[survivor].name,
         rb_survivor.blocks_read,
         rb_survivor.lost.len(),
@@ -677,6 +683,7 @@ fn disruptive(
             .map(|e| format!(", incomplete: {e}"))
             .unwrap_or_default()
     ));
+    std::thread::sleep(Duration::from_secs_f64(cfg.timing.observe_s));
 
     // Restore and resync.
     let before_restore = pollers.snapshot();
@@ -710,6 +717,27 @@ fn disruptive(
     let after_sync = pollers.snapshot();
     let resync_bytes =
         in_sync_us.map(|_| resync_delta(&before_restore, &after_sync, cfg.sites.len()));
+    // Read back at both sites at once, with the load paused: each block's newest write the
+    // survivor acknowledged alone is still there to be found at the resynced site.
+    let mut rb_synced = Vec::new();
+    if in_sync_us.is_some() {
+        r.event("read-back at both sites (load paused)");
+        rb_synced = load::paused(&ctl_load, &writers, timeout, || {
+            cfg.sites
+                .iter()
+                .enumerate()
+                .map(|(i, s)| load::check(&s.name, &targets[i].0, &targets[i].1, &writers, timeout))
+                .collect::<Vec<_>>()
+        });
+        for rb in &rb_synced {
+            r.event(format!(
+                "read-back at {}: {} blocks, {} lost",
+                rb.site,
+                rb.blocks_read,
+                rb.lost.len()
+            ));
+        }
+    }
 
     // Back home, then stop the load.
     ctl_load.home_ok.store(true, Ordering::SeqCst);
@@ -790,6 +818,7 @@ fn disruptive(
         &samples,
         infos,
         &rb_survivor,
+        &rb_synced,
         &rb_final,
         verify,
     ))
@@ -888,6 +917,7 @@ fn assemble(
     samples: &[Sample],
     infos: &[(Value, Option<u64>)],
     rb_survivor: &Readback,
+    rb_synced: &[Readback],
     rb_final: &[Readback],
     verify: Value,
 ) -> Value {
@@ -1021,7 +1051,7 @@ fn assemble(
     let rto_us = first_ack_us.map(|a| a - m.fault_us);
     // RPO.
     let mut lost: Vec<load::Lost> = rb_survivor.lost.clone();
-    for rb in rb_final {
+    for rb in rb_synced.iter().chain(rb_final) {
         for l in &rb.lost {
             if !lost.iter().any(|x| x.writer == l.writer && x.seq == l.seq) {
                 lost.push(l.clone());
@@ -1029,8 +1059,9 @@ fn assemble(
         }
     }
     let rpo_verified = rb_survivor.complete
+        && rb_synced.len() == cfg.sites.len()
         && rb_final.len() == cfg.sites.len()
-        && rb_final.iter().all(|r| r.complete);
+        && rb_synced.iter().chain(rb_final).all(|r| r.complete);
     let lost_n = lost.len() as u64;
     let lost_seconds = lost
         .iter()
@@ -1126,7 +1157,8 @@ fn assemble(
             "lost_seconds": lost_seconds,
             "lost": lost.iter().take(MAX_LOST_LISTED).collect::<Vec<_>>(),
             "readback_at_survivor": rb_survivor,
-            "readback_after_resync": rb_final,
+            "readback_after_resync": rb_synced,
+            "readback_at_end": rb_final,
         },
         "resync": {
             "measured": resync_s.is_some(),
