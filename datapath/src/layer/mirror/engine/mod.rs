@@ -1267,10 +1267,8 @@ impl Engine {
         if upd == Upd::Flush {
             self.al_flush_done(k, r.is_ok());
         }
-        // A device error at a site whose peer takes the volume over (its replica fails below,
-        // `local_failure`): the request is answered as the fence answers the others it held
-        // (`give_up_held`: unavailable, retried by a multipath host at the peer; a
-        // compare-and-write EIO).
+        // A device error where the peer takes over (`local_failure`): answered as the fence
+        // answers what it held (`give_up_held`: unavailable; a compare-and-write EIO).
         let handed_over = device && !self.only_current_copy();
         {
             let op = &mut self.ops[k];
