@@ -191,6 +191,29 @@ impl WitnessClient {
         known_epoch: Epoch,
         preferred: bool,
     ) -> Result<GrantOutcome, ClientError> {
+        self.ask(group, known_epoch, preferred, false)
+    }
+
+    /// This site serves alone on its grant of `group` at `held`, and the witness's word shows
+    /// no holder at an older epoch (it forgot the grant: restarted from an older state): asks
+    /// it to record the grant again (GRANT_REQUEST with `HOLDS`, docs/witness-protocol.md, "A
+    /// witness that forgot a grant"). Granted at `held`: recorded; denied: another site holds
+    /// the group, or the grant was released. An older witness drops the request: `Timeout`.
+    pub fn reclaim_grant(
+        &mut self,
+        group: GroupId,
+        held: Epoch,
+    ) -> Result<GrantOutcome, ClientError> {
+        self.ask(group, held, false, true)
+    }
+
+    fn ask(
+        &mut self,
+        group: GroupId,
+        known_epoch: Epoch,
+        preferred: bool,
+        holds: bool,
+    ) -> Result<GrantOutcome, ClientError> {
         let deadline = Instant::now() + self.timeout;
         // The preferred site of the last TIE_WAIT answered, if the last answer was one.
         let mut tie: Option<u32> = None;
@@ -199,6 +222,7 @@ impl WitnessClient {
                 group,
                 known: known_epoch,
                 preferred,
+                holds,
             };
             let answer = match self.exchange(vec![body], deadline) {
                 Ok(mut a) => a.pop(),

@@ -300,6 +300,18 @@ pub fn verdict(is_me: bool, holder: u32, epoch: u64, held: u64) -> bool {
     is_me || (holder == 0 && epoch < held)
 }
 
+/// The grant (its epoch) a volume of the group serves alone on here that the witness's word
+/// (`holder`, 0: none, at `epoch`) does not show: nobody holds the group there, at an epoch
+/// below the grant's. Only a witness that forgot the grant says so (its state restored from an
+/// older copy, or started anew with `--init`: an honest witness never lowers an epoch, and a
+/// release keeps it); it could grant the peer the group while this site serves alone, so the
+/// failover thread claims the grant back (docs/witness-protocol.md, "A witness that forgot a
+/// grant").
+pub fn forgotten_grant(slot: &FailoverSlot, holder: u32, epoch: u64) -> Option<u64> {
+    let held = slot.epoch.load(SeqCst);
+    (slot.survivors.load(SeqCst) > 0 && held != 0 && holder == 0 && epoch < held).then_some(held)
+}
+
 /// Whether a release of epoch `epoch` should reach the witness: not while a volume of the
 /// group serves alone on that very grant (granted to this site anew after the release was
 /// asked for: a release retried late, or one asked by a volume whose session came back).
@@ -442,6 +454,11 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
     let mut asking: Vec<bool> = Vec::with_capacity(groups.len());
     // A grant answered that no volume may have taken yet (`unclaimed_grant`).
     let mut unclaimed: Vec<Option<(u64, bool)>> = vec![None; groups.len()];
+    // Groups whose grant held here the witness's last word did not show (`forgotten_grant`),
+    // and when each may be claimed back next (after an unanswered claim: an older witness
+    // drops it).
+    let mut reclaim: Vec<usize> = Vec::new();
+    let mut reclaim_after: Vec<Option<std::time::Instant>> = vec![None; groups.len()];
     while !stop.load(SeqCst) {
         for (i, (_, slot, name)) in groups.iter().enumerate() {
             if let Some(epoch) = unclaimed_grant(slot, &mut unclaimed[i])
@@ -664,6 +681,11 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                             .store(v.preferred.map(|p| p.get()).unwrap_or(0), SeqCst);
                         let holder = v.holder.map(|h| h.get()).unwrap_or(0);
                         slot.publish_view(holder, v.epoch.0, cfg.site_id);
+                        if forgotten_grant(slot, holder, v.epoch.0).is_some()
+                            && reclaim_after[i].is_none_or(|t| std::time::Instant::now() >= t)
+                        {
+                            reclaim.push(i);
+                        }
                         if slot.in_sync_now() && v.epoch.0 > known[i].0 {
                             known[i] = v.epoch;
                             slot.known_epoch.store(v.epoch.0, SeqCst);
@@ -681,6 +703,41 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                 }
             }
             last_claims = claims;
+        }
+        for i in reclaim.drain(..) {
+            let (group, slot, name) = &groups[i];
+            // (Looked at again: a volume may have given the grant back meanwhile.)
+            let Some(held) = forgotten_grant(slot, 0, slot.view_epoch.load(SeqCst)) else {
+                continue;
+            };
+            tracing::error!(volume = %name, held, witness_epoch = slot.view_epoch.load(SeqCst),
+                "mirror: the witness shows nobody holding the group at an epoch below this site's grant, on which it serves alone (the witness restarted from an older state, or with --init): claiming the grant back");
+            client.set_timeout(cfg.request_timeout);
+            match client.reclaim_grant(*group, Epoch(held)) {
+                Ok(GrantOutcome::Granted { epoch }) => {
+                    reclaim_after[i] = None;
+                    slot.publish_view(cfg.site_id, epoch.0, cfg.site_id);
+                    tracing::warn!(volume = %name, epoch = epoch.0,
+                        "mirror: the witness records this site's grant again");
+                }
+                Ok(GrantOutcome::Denied {
+                    reason,
+                    holder,
+                    epoch,
+                    ..
+                }) => {
+                    reclaim_after[i] = None;
+                    slot.publish_view(holder.map_or(0, |h| h.get()), epoch.0, cfg.site_id);
+                    tracing::error!(volume = %name, held, ?reason, holder = ?holder.map(|h| h.get()), epoch = epoch.0,
+                        "mirror: the witness refuses this site's grant back (granted to the peer meanwhile, or released): the peer may serve alone too");
+                }
+                Err(e) => {
+                    // An older witness drops the flag: not asked again at every heartbeat.
+                    reclaim_after[i] = Some(std::time::Instant::now() + cfg.heartbeat * 10);
+                    tracing::warn!(volume = %name, held, error = %e,
+                        "mirror: claiming the grant back got no answer; serving on, asking again later");
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -865,11 +922,27 @@ mod tests {
         dir: &std::path::Path,
         tie_grace: Duration,
     ) -> (SocketAddr, Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
+        witness_at(
+            dir,
+            tie_grace,
+            Duration::ZERO,
+            "127.0.0.1:0".parse().unwrap(),
+        )
+    }
+
+    /// [`witness_with_grace`] with its start grace, listening on `listen`.
+    fn witness_at(
+        dir: &std::path::Path,
+        tie_grace: Duration,
+        start_grace: Duration,
+        listen: SocketAddr,
+    ) -> (SocketAddr, Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
         let cfg = twinblk_witness::Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen,
             state: dir.join("witness.state"),
             key: Key::new(KEY).unwrap(),
             tie_grace,
+            start_grace,
             init: true,
         };
         let mut w = twinblk_witness::Witness::open(cfg).unwrap();
@@ -903,14 +976,31 @@ mod tests {
         Arc<AtomicBool>,
         std::thread::JoinHandle<()>,
     ) {
+        thread_with(addr, site, beat, true, |_| {})
+    }
+
+    /// [`thread_of`], vol0 configured `preferred` or not, its slot set up by `setup` before
+    /// the thread starts.
+    fn thread_with(
+        addr: SocketAddr,
+        site: u32,
+        beat: Duration,
+        preferred: bool,
+        setup: impl FnOnce(&FailoverSlot),
+    ) -> (
+        Arc<FailoverSlot>,
+        Arc<AtomicBool>,
+        std::thread::JoinHandle<()>,
+    ) {
         let slot = Arc::new(FailoverSlot::default());
+        setup(&slot);
         let cfg = FailoverConfig {
             witness: addr,
             key_file: PathBuf::new(),
             site_id: site,
             heartbeat: beat,
             request_timeout: Duration::from_secs(2),
-            volumes: vec![("vol0".into(), true, Arc::clone(&slot))],
+            volumes: vec![("vol0".into(), preferred, Arc::clone(&slot))],
         };
         let c = client(addr, site);
         let stop = Arc::new(AtomicBool::new(false));
@@ -924,6 +1014,76 @@ mod tests {
             group: GroupId::from_name("vol0"),
             preferred,
         }]
+    }
+
+    /// Site 1 holds vol0 at epoch 2 and serves alone on it (the link down); the witness is
+    /// restarted from an older copy of its state (a backup taken at epoch 1, released), which
+    /// does not know that grant. Site 2 (in sync at epoch 1, asking again: its word shows
+    /// nobody holding the group) must be denied: site 1's failover thread, seeing the word
+    /// (no holder, epoch 1, below its grant), claims the grant back within the witness's start
+    /// grace. Failed before: site 1 said nothing, and site 2 was granted epoch 2 too (two sites
+    /// serving alone).
+    #[test]
+    fn a_witness_restarted_from_an_older_state_gets_the_survivors_grant_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("witness.state");
+        let g = GroupId::from_name("vol0");
+        let (addr, wstop, wh) = witness_here(dir.path());
+        let mut one = client(addr, 1);
+        assert_eq!(
+            one.request_grant(g, Epoch(0), false).unwrap(),
+            GrantOutcome::Granted { epoch: Epoch(1) }
+        );
+        one.release(g, Epoch(1)).unwrap();
+        wstop.store(true, SeqCst);
+        wh.join().unwrap();
+        let backup = std::fs::read(&state).unwrap();
+        let (addr, wstop, wh) = witness_at(
+            dir.path(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            addr,
+        );
+        assert_eq!(
+            one.request_grant(g, Epoch(1), false).unwrap(),
+            GrantOutcome::Granted { epoch: Epoch(2) }
+        );
+        // The witness stops; its state is replaced by the backup; it starts again.
+        wstop.store(true, SeqCst);
+        wh.join().unwrap();
+        std::fs::write(&state, &backup).unwrap();
+        // (Site 1 not the preferred site: no tie holds site 2 back.)
+        let (slot, stop, h) = thread_with(addr, 1, Duration::from_millis(100), false, |s| {
+            s.epoch.store(2, SeqCst);
+            s.survivors.store(1, SeqCst);
+        });
+        let (addr, wstop, wh) = witness_at(
+            dir.path(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            addr,
+        );
+        let mut two = client(addr, 2);
+        let answer = two.request_grant(g, Epoch(1), false);
+        stop.store(true, SeqCst);
+        h.join().unwrap();
+        let held = one.heartbeat(&vol0(false)).unwrap();
+        wstop.store(true, SeqCst);
+        wh.join().unwrap();
+        assert!(
+            matches!(
+                answer,
+                Ok(GrantOutcome::Denied {
+                    reason: twinblk_witness::DenyReason::Held,
+                    holder: Some(h),
+                    epoch: Epoch(2),
+                    ..
+                }) if h.get() == 1
+            ),
+            "site 2 answered {answer:?} while site 1 serves alone at epoch 2"
+        );
+        assert_eq!((held[0].holder, held[0].epoch), (SiteId::new(1), Epoch(2)));
+        assert_eq!(slot.view(), Some((true, 1, 2)));
     }
 
     /// Both sites configured preferred for vol0 (site 1 recorded first): site 2's claim is

@@ -571,6 +571,7 @@ impl Witness {
             group: Self::GROUP,
             known: twinblk_witness::Epoch(known),
             preferred: false,
+            holds: false,
         };
         match self.send(site, body) {
             twinblk_witness::proto::Body::Grant { view } => Some(view.epoch.0),
