@@ -712,7 +712,9 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
             };
             tracing::error!(volume = %name, held, witness_epoch = slot.view_epoch.load(SeqCst),
                 "mirror: the witness shows nobody holding the group at an epoch below this site's grant, on which it serves alone (the witness restarted from an older state, or with --init): claiming the grant back");
-            client.set_timeout(cfg.request_timeout);
+            // (Short, as a heartbeat: answered within a round trip by a witness that knows the
+            // flag; an older one drops it, and the requests of other groups wait meanwhile.)
+            client.set_timeout(cfg.heartbeat * 2);
             match client.reclaim_grant(*group, Epoch(held)) {
                 Ok(GrantOutcome::Granted { epoch }) => {
                     reclaim_after[i] = None;
