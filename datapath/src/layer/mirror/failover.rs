@@ -112,6 +112,9 @@ pub struct FailoverSlot {
     pub view_epoch: AtomicU64,
     /// its holder (site id, 0: none),
     pub view_holder: AtomicU32,
+    /// the highest epoch it ever said in this process (a word below it is from a witness that
+    /// went back: restarted from an older state, or anew),
+    pub view_epoch_max: AtomicU64,
     /// whether that holder is this site,
     pub view_is_me: AtomicBool,
     /// the sequence (0: nothing said yet; odd while the three fields are written),
@@ -165,6 +168,7 @@ impl FailoverSlot {
             // The grant a takeover may have made is no longer this site's.
             self.takeover_from.store(0, SeqCst);
         }
+        self.view_epoch_max.fetch_max(epoch, SeqCst);
         self.view_seq.fetch_add(1, SeqCst);
         self.view_epoch.store(epoch, SeqCst);
         self.view_holder.store(holder, SeqCst);

@@ -667,8 +667,14 @@ impl Engine {
         // (`epoch <= given_back`: the grant this site gave back, as a heartbeat saw it before
         // the release.)
         if !is_me || epoch <= self.given_back {
+            // (Not on a word below an epoch seen before: the witness went back, restarted
+            // from an older state or anew, and the site it granted since may serve alone on a
+            // grant it forgot; test `durable::a_site_fenced_for_an_unanswered_request_does_not_ask_again_on_a_word_older_than_one_it_saw`.)
+            let went_back =
+                epoch < slot.view_epoch_max.load(SeqCst) || epoch < self.unanswered_epoch;
             if self.mode == Mode::Fenced
                 && holder == 0
+                && !went_back
                 && (!takeover || self.unanswered_retried)
                 && !self.sess.up
                 && !self.draining
