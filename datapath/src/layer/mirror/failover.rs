@@ -708,7 +708,14 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
             }
             last_claims = claims;
         }
+        // (After one claim-back unanswered, the others of this turn wait too: an older witness
+        // would hold the thread two heartbeat intervals per group.)
+        let mut unanswered = false;
         for i in reclaim.drain(..) {
+            if unanswered {
+                reclaim_after[i] = Some(std::time::Instant::now() + cfg.heartbeat * 10);
+                continue;
+            }
             let (group, slot, name) = &groups[i];
             // (Looked at again: a volume may have given the grant back meanwhile.)
             let Some(held) = forgotten_grant(slot, 0, slot.view_epoch.load(SeqCst)) else {
@@ -740,6 +747,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                 Err(e) => {
                     // An older witness drops the flag: not asked again at every heartbeat.
                     reclaim_after[i] = Some(std::time::Instant::now() + cfg.heartbeat * 10);
+                    unanswered = true;
                     tracing::warn!(volume = %name, held, error = %e,
                         "mirror: claiming the grant back got no answer; serving on, asking again later");
                 }
@@ -1090,6 +1098,83 @@ mod tests {
         );
         assert_eq!((held[0].holder, held[0].epoch), (SiteId::new(1), Epoch(2)));
         assert_eq!(slot.view(), Some((true, 1, 2)));
+    }
+
+    /// An older witness (it drops GRANT_REQUEST with `HOLDS`) restarted from an older state:
+    /// its views show nobody holding four groups this site serves alone on at epoch 2. One
+    /// claim-back unanswered makes the others of the turn wait too: over 1.5 s only one group
+    /// is asked, not all four, each holding the thread two heartbeat intervals (other groups'
+    /// requests wait behind them).
+    #[test]
+    fn claims_back_an_older_witness_drops_do_not_hold_the_thread_group_after_group() {
+        use twinblk_witness::proto::{self, Body, Msg};
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let key = Key::new(KEY).unwrap();
+        let names = ["g1", "g2", "g3", "g4"];
+        let slots: Vec<Arc<FailoverSlot>> = names
+            .iter()
+            .map(|_| {
+                let s = Arc::new(FailoverSlot::default());
+                s.epoch.store(2, SeqCst);
+                s.survivors.store(1, SeqCst);
+                s
+            })
+            .collect();
+        let cfg = FailoverConfig {
+            witness: addr,
+            key_file: PathBuf::new(),
+            site_id: 1,
+            heartbeat: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(2),
+            volumes: names
+                .iter()
+                .zip(&slots)
+                .map(|(n, s)| (n.to_string(), false, Arc::clone(s)))
+                .collect(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = Arc::clone(&stop);
+        let h = std::thread::spawn(move || run(cfg, client(addr, 1), st));
+        let mut asked = std::collections::BTreeSet::new();
+        let (mut buf, mut out) = ([0u8; 2048], Vec::new());
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_millis(1500) {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let msg = proto::decode_request(&buf[..n], &key).unwrap();
+            match msg.body {
+                Body::Heartbeat { claims } => {
+                    let views = claims
+                        .iter()
+                        .map(|c| twinblk_witness::GroupView {
+                            group: c.group,
+                            epoch: Epoch(1),
+                            holder: None,
+                            preferred: None,
+                        })
+                        .collect();
+                    let answer = Msg {
+                        body: Body::View { views },
+                        ..msg
+                    };
+                    proto::encode(&mut out, &answer, &key).unwrap();
+                    sock.send_to(&out, from).unwrap();
+                }
+                Body::GrantRequest {
+                    group, holds: true, ..
+                } => {
+                    asked.insert(group);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        stop.store(true, SeqCst);
+        h.join().unwrap();
+        assert_eq!(asked.len(), 1, "groups claimed back in 1.5 s: {asked:?}");
     }
 
     /// Both sites configured preferred for vol0 (site 1 recorded first): site 2's claim is
