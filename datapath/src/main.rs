@@ -81,6 +81,10 @@ enum Cmd {
         /// How long the preferred site keeps the right of way after it was last heard, ms.
         #[arg(long, default_value_t = 500)]
         tie_grace_ms: u64,
+        /// After a start, how long a request for a group nobody holds waits, ms (a holder the
+        /// state does not show claims its grant back meanwhile).
+        #[arg(long, default_value_t = 500)]
+        start_grace_ms: u64,
     },
     /// Continuous data protection: a volume's history (docs/cdp-format.md).
     Cdp {
@@ -815,6 +819,7 @@ fn main() -> Result<()> {
             key_file,
             state,
             tie_grace_ms,
+            start_grace_ms,
         } => {
             let key = twinblk_witness::Key::from_file(&key_file)
                 .map_err(|e| anyhow::anyhow!("witness key: {e}"))?;
@@ -823,6 +828,7 @@ fn main() -> Result<()> {
                 state,
                 key,
                 tie_grace: std::time::Duration::from_millis(tie_grace_ms),
+                start_grace: std::time::Duration::from_millis(start_grace_ms),
                 init: true,
             })?;
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

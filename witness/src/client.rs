@@ -111,6 +111,17 @@ fn wall_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// The counter after `prev` with the wall clock at `wall` ns (docs/witness-protocol.md,
+/// "Authentication and replay protection"): the clock counts up to [`WALL_MAX`] only, so a
+/// clock stepped far ahead leaves 2^63 counters for the datagrams after it.
+fn counter_after(prev: u64, wall: u64) -> u64 {
+    prev.saturating_add(1).max(wall.min(WALL_MAX))
+}
+
+/// The largest counter taken from the wall clock: 2^63 - 1 ns after the Unix epoch (the year
+/// 2262).
+const WALL_MAX: u64 = u64::MAX / 2;
+
 impl WitnessClient {
     /// A client for `site` talking to the witness at `addr` (UDP; the socket is connected, so
     /// only datagrams from that address are read).
@@ -154,7 +165,7 @@ impl WitnessClient {
     }
 
     fn next_counter(&mut self) -> u64 {
-        self.counter = self.counter.saturating_add(1).max(wall_ns());
+        self.counter = counter_after(self.counter, wall_ns());
         self.counter
     }
 
@@ -191,6 +202,29 @@ impl WitnessClient {
         known_epoch: Epoch,
         preferred: bool,
     ) -> Result<GrantOutcome, ClientError> {
+        self.ask(group, known_epoch, preferred, false)
+    }
+
+    /// This site serves alone on its grant of `group` at `held`, and the witness's word shows
+    /// no holder at an older epoch (it forgot the grant: restarted from an older state): asks
+    /// it to record the grant again (GRANT_REQUEST with `HOLDS`, docs/witness-protocol.md, "A
+    /// witness that forgot a grant"). Granted at `held`: recorded; denied: another site holds
+    /// the group, or the grant was released. An older witness drops the request: `Timeout`.
+    pub fn reclaim_grant(
+        &mut self,
+        group: GroupId,
+        held: Epoch,
+    ) -> Result<GrantOutcome, ClientError> {
+        self.ask(group, held, false, true)
+    }
+
+    fn ask(
+        &mut self,
+        group: GroupId,
+        known_epoch: Epoch,
+        preferred: bool,
+        holds: bool,
+    ) -> Result<GrantOutcome, ClientError> {
         let deadline = Instant::now() + self.timeout;
         // The preferred site of the last TIE_WAIT answered, if the last answer was one.
         let mut tie: Option<u32> = None;
@@ -199,6 +233,7 @@ impl WitnessClient {
                 group,
                 known: known_epoch,
                 preferred,
+                holds,
             };
             let answer = match self.exchange(vec![body], deadline) {
                 Ok(mut a) => a.pop(),
@@ -415,4 +450,23 @@ fn transient(e: &std::io::Error) -> bool {
             | std::io::ErrorKind::Interrupted
             | std::io::ErrorKind::ConnectionRefused
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A site's clock stepped far ahead (past 2262: a broken RTC) must not send the largest
+    /// counter there is: the witness would take it, and never hear that site again (every
+    /// later counter BEHIND it, `CounterExhausted`, until its state is reset for the site).
+    /// Failed before: a clock past 2554 (beyond u64 ns) sent 2^64 - 1.
+    #[test]
+    fn a_clock_far_ahead_leaves_room_for_later_counters() {
+        let c = counter_after(0, u64::MAX);
+        assert!(c <= u64::MAX / 2, "{c}");
+        assert_eq!(counter_after(c, u64::MAX), c + 1);
+        // An ordinary clock, ahead of or behind the counter: as before.
+        assert_eq!(counter_after(5, 1_000), 1_000);
+        assert_eq!(counter_after(1_000, 5), 1_001);
+    }
 }

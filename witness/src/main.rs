@@ -28,6 +28,11 @@ struct Args {
     /// tie, in ms.
     #[arg(long, default_value_t = 1000)]
     tie_grace_ms: u64,
+    /// After a start, how long a request for a group nobody holds waits, in ms: a site serving
+    /// alone on a grant the state file does not show (restored from an older copy, or
+    /// `--init`) claims it back meanwhile. Must exceed the sites' heartbeat interval.
+    #[arg(long, default_value_t = 1000)]
+    start_grace_ms: u64,
     /// Create the state file if it is missing (first start only: an empty state forgets every
     /// grant a previous witness made).
     #[arg(long)]
@@ -106,6 +111,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         state: args.state,
         key,
         tie_grace: Duration::from_millis(args.tie_grace_ms),
+        start_grace: Duration::from_millis(args.start_grace_ms),
         init: args.init,
     })?;
     w.serve(&stop)?;

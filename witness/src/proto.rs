@@ -46,6 +46,10 @@ pub const FLAG_PREFERRED: u8 = 1;
 /// RELEASE flag: the grant given back was never served on (docs/witness-protocol.md, "An
 /// unused release"). An older witness drops a RELEASE with it (a flag the type does not allow).
 pub const FLAG_UNUSED: u8 = 2;
+/// GRANT_REQUEST flag: the sender serves alone on its grant of the group at the request's
+/// epoch, which the witness's word no longer shows (docs/witness-protocol.md, "A witness
+/// that forgot a grant"). An older witness drops a GRANT_REQUEST with it.
+pub const FLAG_HOLDS: u8 = 4;
 /// Shortest accepted key, in bytes.
 pub const MIN_KEY_LEN: usize = 16;
 /// Longest accepted key, in bytes (a key file larger than this is a mistake, not a key).
@@ -287,11 +291,13 @@ impl ReleaseStatus {
 pub enum Body {
     /// site → witness: liveness, and the groups the site serves (0 ..= 56).
     Heartbeat { claims: Vec<Claim> },
-    /// site → witness: make me the survivor of `group`.
+    /// site → witness: make me the survivor of `group`; `holds` (flag `HOLDS`): I serve
+    /// alone on my grant of it at `known`, which the witness's word no longer shows.
     GrantRequest {
         group: GroupId,
         known: Epoch,
         preferred: bool,
+        holds: bool,
     },
     /// site → witness: I give back my grant of `group` at `epoch`; `unused`: no write was
     /// ever acknowledged on it (flag `UNUSED`).
@@ -432,11 +438,13 @@ pub fn encode(out: &mut Vec<u8>, msg: &Msg, key: &Key) -> Result<(), EncodeError
             group,
             known,
             preferred,
+            holds,
         } => {
             r.ty = T_GRANT_REQUEST;
             r.group = group.0;
             r.epoch = known.0;
-            r.flags = if *preferred { FLAG_PREFERRED } else { 0 };
+            r.flags =
+                if *preferred { FLAG_PREFERRED } else { 0 } | if *holds { FLAG_HOLDS } else { 0 };
         }
         Body::Release {
             group,
@@ -566,7 +574,7 @@ pub fn decode(buf: &[u8], key: &Key) -> Result<Msg, DecodeError> {
         return Err(DecodeError::Type(r.ty));
     }
     let allowed_flags = match r.ty {
-        T_GRANT_REQUEST => FLAG_PREFERRED,
+        T_GRANT_REQUEST => FLAG_PREFERRED | FLAG_HOLDS,
         T_RELEASE => FLAG_UNUSED,
         _ => 0,
     };
@@ -631,6 +639,7 @@ pub fn decode(buf: &[u8], key: &Key) -> Result<Msg, DecodeError> {
                 group: GroupId(r.group),
                 known: Epoch(r.epoch),
                 preferred: r.flags & FLAG_PREFERRED != 0,
+                holds: r.flags & FLAG_HOLDS != 0,
             }
         }
         T_RELEASE => {
@@ -785,11 +794,13 @@ mod tests {
                 group: GroupId(5),
                 known: Epoch(3),
                 preferred: true,
+                holds: false,
             },
             Body::GrantRequest {
                 group: GroupId(u64::MAX),
                 known: Epoch(0),
                 preferred: false,
+                holds: false,
             },
             Body::Release {
                 group: GroupId(5),
@@ -886,6 +897,7 @@ mod tests {
                 group: GroupId(0x2122_2324_2526_2728),
                 known: Epoch(0x3132_3334_3536_3738),
                 preferred: true,
+                holds: false,
             },
         };
         let mut b = Vec::new();
@@ -972,6 +984,44 @@ mod tests {
         buf[44] = 55;
         reseal(&mut buf);
         assert_eq!(decode(&buf, &k), Err(DecodeError::Length));
+    }
+
+    #[test]
+    fn the_holds_flag_is_bit_2_of_a_grant_request_only() {
+        // docs/witness-protocol.md, "A witness that forgot a grant": byte 6 bit 2, GRANT_REQUEST
+        // only, beside PREFERRED.
+        let k = key();
+        let mut buf = Vec::new();
+        let reseal = |b: &mut Vec<u8>| {
+            b.truncate(b.len() - MAC_LEN);
+            let t = k.tag(b);
+            b.extend_from_slice(&t);
+        };
+        let ask = |preferred, holds| Msg {
+            site: site(1),
+            counter: 9,
+            body: Body::GrantRequest {
+                group: GroupId(5),
+                known: Epoch(4),
+                preferred,
+                holds,
+            },
+        };
+        for (p, h, byte) in [(false, true, 4), (true, true, 5), (true, false, 1)] {
+            encode(&mut buf, &ask(p, h), &k).expect("encode");
+            assert_eq!((buf[5], buf[6]), (0x02, byte));
+            assert_eq!(decode(&buf, &k), Ok(ask(p, h)));
+        }
+        // On a release or a heartbeat: refused.
+        for m in [&samples()[0], &samples()[4]] {
+            encode(&mut buf, m, &k).expect("encode");
+            buf[6] |= FLAG_HOLDS;
+            reseal(&mut buf);
+            assert!(
+                matches!(decode(&buf, &k), Err(DecodeError::Flags(_))),
+                "{m:?}"
+            );
+        }
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct Config {
     pub state: PathBuf,
     pub key: Key,
     pub tie_grace: Duration,
+    /// After a start, plain grant requests for a group without a holder wait this long: a
+    /// holder the state does not show (restored from an older copy, or `init`) claims its
+    /// grant back meanwhile (docs/witness-protocol.md, "A witness that forgot a grant").
+    pub start_grace: Duration,
     /// Allow a missing state file (a new witness).
     pub init: bool,
 }
@@ -102,11 +106,13 @@ impl Witness {
             groups = table.groups.len(),
             sites = table.counters.len(),
             tie_grace_ms = cfg.tie_grace.as_millis() as u64,
+            start_grace_ms = cfg.start_grace.as_millis() as u64,
             "witness started"
         );
         Ok(Witness {
             sock,
-            arbiter: Arbiter::new(table, cfg.tie_grace, Instant::now()),
+            arbiter: Arbiter::new(table, cfg.tie_grace, Instant::now())
+                .with_start_grace(cfg.start_grace),
             path: cfg.state,
             key: cfg.key,
             pending_since: None,

@@ -10,7 +10,9 @@
 //!
 //! Invariants:
 //! - A group has at most one holder; every grant raises the group's epoch by at least one, so two
-//!   grants never share an epoch; epochs never go down.
+//!   grants never share an epoch; epochs never go down. A grant claimed back by its holder
+//!   (`HOLDS`, a state older than the grant) is recorded at its own epoch, not a new one, and
+//!   no other grant of a group nobody holds is made within the start grace, while it may come.
 //! - Answers that reveal a grant or a release are produced only with `Durability::Now`, and the
 //!   server sends them only after [`Table::save`] returned (fsync'd file and directory).
 //! - A site's accepted counters strictly increase; a request at or below the highest is a
@@ -348,6 +350,9 @@ pub enum Outcome {
 pub struct Arbiter {
     table: Table,
     tie_grace: Duration,
+    /// After the start, plain requests for a group without a holder wait this long
+    /// ([`Arbiter::with_start_grace`]; `tie_grace` unless set).
+    start_grace: Duration,
     started: Instant,
     /// Last accepted request of any type per site (monotonic clock; memory only).
     last_seen: HashMap<SiteId, Instant>,
@@ -379,6 +384,7 @@ impl Arbiter {
         Arbiter {
             table,
             tie_grace,
+            start_grace: tie_grace,
             started: now,
             last_seen: HashMap::new(),
             pref_lost: HashSet::new(),
@@ -386,6 +392,14 @@ impl Arbiter {
             full_logged: None,
             sites_full_logged: None,
         }
+    }
+
+    /// How long after the start a plain GRANT_REQUEST for a group without a holder is
+    /// answered TIE_WAIT (docs/witness-protocol.md, "A witness that forgot a grant"): the time a
+    /// holder this witness forgot has to claim its grant back.
+    pub fn with_start_grace(mut self, start_grace: Duration) -> Self {
+        self.start_grace = start_grace;
+        self
     }
 
     pub fn table(&self) -> &Table {
@@ -504,8 +518,13 @@ impl Arbiter {
                 group,
                 known,
                 preferred,
+                holds,
             } => {
-                let body = self.grant_request(now, site, *group, *known, *preferred);
+                let body = if *holds {
+                    self.reclaim(now, site, *group, *known)
+                } else {
+                    self.grant_request(now, site, *group, *known, *preferred)
+                };
                 Outcome::Answer {
                     body,
                     durability: Durability::Now,
@@ -591,6 +610,13 @@ impl Arbiter {
             );
             return deny(DenyReason::Stale, 0);
         };
+        // The start grace: a holder this witness does not know of (restarted from an older
+        // state: a backup restored, or `--init`) claims its grant back within it (`reclaim`).
+        let up = now.saturating_duration_since(self.started);
+        if up < self.start_grace {
+            tracing::debug!(group = %group, site = site.get(), "denied: the witness's start grace");
+            return deny(DenyReason::TieWait, ms_ceil(self.start_grace - up));
+        }
         if let Some(p) = rec.preferred
             && !is_preferred
             && !self.pref_lost.contains(&group)
@@ -608,6 +634,59 @@ impl Arbiter {
         self.table.unused.remove(&group);
         tracing::info!(group = %group, site = site.get(), epoch = new_epoch, unused_before,
             "granted");
+        Body::Grant {
+            view: self.view(group),
+        }
+    }
+
+    /// GRANT_REQUEST with `HOLDS`: `site` serves alone on its grant of `group` at `held`, which
+    /// this witness's record does not show (docs/witness-protocol.md, "A witness that forgot a
+    /// grant"). With no holder recorded and an epoch below `held`, the record is older than
+    /// that grant (the state restored from an older copy, or started anew): the grant is
+    /// recorded again as it was (epoch `held`, holder `site`; not a new grant, so the epoch
+    /// does not rise), persisted before the answer. Otherwise nothing changes: the holder's
+    /// GRANT, another holder's HELD, and a record at `held` or later without a holder (the
+    /// grant was released) STALE.
+    fn reclaim(&mut self, now: Instant, site: SiteId, group: GroupId, held: Epoch) -> Body {
+        if !self.room_for(now, group, site) {
+            return Body::Deny {
+                reason: DenyReason::Full,
+                view: self.view(group),
+                wait_ms: 0,
+            };
+        }
+        let rec = self.table.groups.get(&group).copied().unwrap_or_default();
+        let deny = |reason, view| Body::Deny {
+            reason,
+            view,
+            wait_ms: 0,
+        };
+        match rec.holder {
+            Some(h) if h == site => {
+                return Body::Grant {
+                    view: self.view(group),
+                };
+            }
+            Some(h) => {
+                tracing::error!(group = %group, site = site.get(), held = held.0, holder = h.get(),
+                    epoch = rec.epoch.0,
+                    "a site serving alone on a grant this witness forgot (restarted from an older state?) finds the group granted to another site since: both may have served alone");
+                return deny(DenyReason::Held, self.view(group));
+            }
+            None if rec.epoch >= held => {
+                tracing::info!(group = %group, site = site.get(), held = held.0, epoch = rec.epoch.0,
+                    "denied: a grant claimed back that was released");
+                return deny(DenyReason::Stale, self.view(group));
+            }
+            None => {}
+        }
+        let rec = self.table.groups.entry(group).or_default();
+        rec.epoch = held;
+        rec.holder = Some(site);
+        self.pref_lost.remove(&group);
+        self.table.unused.remove(&group);
+        tracing::warn!(group = %group, site = site.get(), epoch = held.0,
+            "a grant this witness did not know (its state older than the grant: a backup restored, or started with --init) claimed back by its holder: recorded again");
         Body::Grant {
             view: self.view(group),
         }
@@ -663,11 +742,14 @@ mod tests {
     }
 
     impl Rig {
+        /// A witness up for its start grace already at the rig's time 0 (the tests of a
+        /// restart make their own `Arbiter`).
         fn new(grace_ms: u64) -> Self {
-            let t0 = Instant::now();
+            let started = Instant::now();
+            let grace = Duration::from_millis(grace_ms);
             Rig {
-                a: Arbiter::new(Table::default(), Duration::from_millis(grace_ms), t0),
-                t0,
+                a: Arbiter::new(Table::default(), grace, started),
+                t0: started + grace,
                 counter: 100,
             }
         }
@@ -688,6 +770,7 @@ mod tests {
                 group: GroupId(1),
                 known: Epoch(known),
                 preferred,
+                holds: false,
             };
             self.send(at_ms, site, body)
         }
@@ -733,6 +816,7 @@ mod tests {
             group: full,
             known: Epoch(0),
             preferred: true,
+            holds: false,
         };
         assert_eq!(denied(&r.send(1, 2, grant)), Some(DenyReason::Full));
         match r.send(2, 2, hb(full.0, true)) {
@@ -857,6 +941,109 @@ mod tests {
         assert_eq!(granted(&r.ask(20, 1, 1, false)), Some(2));
     }
 
+    /// Site 1 holds the group at epoch 2 and serves alone; the witness is restarted from an
+    /// older state (a backup taken at epoch 1, released; or none at all, `--init`), which does
+    /// not know that grant. Site 2, in sync at epoch 1, asks: it must not be granted at once
+    /// (epoch 2 again: two sites serving alone); the holder gets the start grace to claim its
+    /// grant back. Failed before: site 2 was granted epoch 2 at once.
+    #[test]
+    fn a_witness_restarted_from_an_older_state_grants_nobody_during_its_start_grace() {
+        let mut r = Rig::new(1000);
+        assert_eq!(granted(&r.ask(0, 1, 0, false)), Some(1));
+        r.send(1, 1, release(1, false));
+        let backup = r.a.table().clone();
+        assert_eq!(granted(&r.ask(2000, 1, 1, false)), Some(2));
+        for older in [backup, Table::default()] {
+            let t1 = r.t0 + Duration::from_secs(10);
+            let mut a = Arbiter::new(older, Duration::from_millis(1000), t1);
+            let m = Msg {
+                site: s(2),
+                counter: 10_000,
+                body: Body::GrantRequest {
+                    group: GroupId(1),
+                    known: Epoch(1),
+                    preferred: false,
+                    holds: false,
+                },
+            };
+            match a.handle(t1 + Duration::from_millis(100), &m) {
+                Outcome::Answer {
+                    body:
+                        Body::Deny {
+                            reason: DenyReason::TieWait,
+                            wait_ms,
+                            ..
+                        },
+                    ..
+                } => assert_eq!(wait_ms, 900),
+                other => panic!("site 2 answered at once after a restart: {other:?}"),
+            }
+            // The holder claims its grant back (it saw the word: no holder, an older epoch):
+            // recorded as it was, epoch 2; site 2 is then denied, within the grace or after.
+            let ask = |a: &mut Arbiter, at: u64, site: u32, counter: u64, known: u64, holds| {
+                let m = Msg {
+                    site: s(site),
+                    counter,
+                    body: Body::GrantRequest {
+                        group: GroupId(1),
+                        known: Epoch(known),
+                        preferred: false,
+                        holds,
+                    },
+                };
+                match a.handle(t1 + Duration::from_millis(at), &m) {
+                    Outcome::Answer { body, durability } => {
+                        assert_eq!(durability, Durability::Now);
+                        body
+                    }
+                    other => panic!("{other:?}"),
+                }
+            };
+            assert_eq!(granted(&ask(&mut a, 300, 1, 10_000, 2, true)), Some(2));
+            assert_eq!(a.view(GroupId(1)).holder, Some(s(1)));
+            assert_eq!(
+                denied(&ask(&mut a, 400, 2, 10_001, 1, false)),
+                Some(DenyReason::Held)
+            );
+            assert_eq!(
+                denied(&ask(&mut a, 1500, 2, 10_002, 1, false)),
+                Some(DenyReason::Held)
+            );
+            assert_eq!(
+                granted(&ask(&mut a, 1600, 1, 10_003, 2, true)),
+                Some(2),
+                "the holder re-answered"
+            );
+            // A claim back is no grant: another site's, or once released, it changes nothing.
+            assert_eq!(
+                denied(&ask(&mut a, 1700, 2, 10_004, 5, true)),
+                Some(DenyReason::Held)
+            );
+            r_release(&mut a, t1 + Duration::from_millis(1800), 1, 2);
+            assert_eq!(
+                denied(&ask(&mut a, 1900, 1, 15_001, 2, true)),
+                Some(DenyReason::Stale)
+            );
+            assert_eq!(a.view(GroupId(1)).holder, None);
+            assert_eq!(granted(&ask(&mut a, 2000, 2, 15_002, 2, false)), Some(3));
+        }
+    }
+
+    fn r_release(a: &mut Arbiter, at: Instant, site: u32, epoch: u64) {
+        let m = Msg {
+            site: s(site),
+            counter: 15_000,
+            body: release(epoch, false),
+        };
+        match a.handle(at, &m) {
+            Outcome::Answer {
+                body: Body::State { status, .. },
+                ..
+            } => assert_eq!(status, ReleaseStatus::Ok),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn restarted_witness_gives_the_preferred_site_a_full_grace() {
         let mut r = Rig::new(500);
@@ -882,6 +1069,7 @@ mod tests {
                         group: GroupId(1),
                         known: Epoch(1),
                         preferred: false,
+                        holds: false,
                     },
                 },
                 t1 + Duration::from_millis(at),

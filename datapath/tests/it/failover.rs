@@ -45,6 +45,9 @@ impl WitnessProc {
             state: dir.join("witness.state"),
             key: twinblk_witness::Key::new(key).unwrap(),
             tie_grace,
+            // (None: these tests cut links at once after a start; the start grace's tests are
+            // the witness's and the failover thread's.)
+            start_grace: Duration::ZERO,
             init: true,
         };
         let mut w = twinblk_witness::Witness::open(cfg).expect("witness");

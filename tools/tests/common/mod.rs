@@ -32,6 +32,7 @@ impl Witness {
             state: state.clone(),
             key: twinblk_witness::Key::new(KEY).unwrap(),
             tie_grace: Duration::from_millis(500),
+            start_grace: Duration::ZERO,
             init: true,
         })
         .expect("witness");

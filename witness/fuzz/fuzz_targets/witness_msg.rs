@@ -205,6 +205,38 @@ fn unused_rule(
 ) {
     let site = msg.site;
     match (&msg.body, answer) {
+        (
+            Body::GrantRequest {
+                group,
+                known,
+                holds: true,
+                ..
+            },
+            _,
+        ) => {
+            // A grant claimed back (docs/witness-protocol.md, "A witness that forgot a grant"):
+            // recorded again at its own epoch only over a record without a holder below it.
+            let rec = before.groups.get(group).copied().unwrap_or_default();
+            if rec.holder.is_some() {
+                return;
+            }
+            match answer {
+                Body::Grant { view } => {
+                    assert!(rec.epoch < *known, "claimed back over a later record: {msg:?}");
+                    assert_eq!(view.epoch, *known, "claimed back at another epoch");
+                    marks.remove(group);
+                }
+                Body::Deny {
+                    reason: DenyReason::Stale,
+                    ..
+                } => assert!(rec.epoch >= *known, "a claim-back refused as stale: {msg:?}"),
+                Body::Deny {
+                    reason: DenyReason::Full,
+                    ..
+                } => {}
+                other => panic!("a claim-back answered {other:?}"),
+            }
+        }
         (Body::GrantRequest { group, known, .. }, _) => {
             let rec = before.groups.get(group).copied().unwrap_or_default();
             if rec.holder.is_some() {

@@ -18,6 +18,7 @@ fn grant_request(s: u32, counter: u64, group: u64) -> Msg {
             group: GroupId(group),
             known: Epoch(0),
             preferred: false,
+            holds: false,
         },
     }
 }

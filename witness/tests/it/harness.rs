@@ -32,6 +32,9 @@ pub fn config(state: &Path, listen: SocketAddr, grace_ms: u64) -> Config {
         state: state.to_owned(),
         key: key(),
         tie_grace: Duration::from_millis(grace_ms),
+        // (No start grace: these tests ask at once after a start; the start grace's own tests
+        // are `state::tests` and the failover thread's.)
+        start_grace: Duration::ZERO,
         init: true,
     }
 }

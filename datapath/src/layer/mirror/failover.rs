@@ -112,6 +112,9 @@ pub struct FailoverSlot {
     pub view_epoch: AtomicU64,
     /// its holder (site id, 0: none),
     pub view_holder: AtomicU32,
+    /// the highest epoch it ever said in this process (a word below it is from a witness that
+    /// went back: restarted from an older state, or anew),
+    pub view_epoch_max: AtomicU64,
     /// whether that holder is this site,
     pub view_is_me: AtomicBool,
     /// the sequence (0: nothing said yet; odd while the three fields are written),
@@ -165,6 +168,7 @@ impl FailoverSlot {
             // The grant a takeover may have made is no longer this site's.
             self.takeover_from.store(0, SeqCst);
         }
+        self.view_epoch_max.fetch_max(epoch, SeqCst);
         self.view_seq.fetch_add(1, SeqCst);
         self.view_epoch.store(epoch, SeqCst);
         self.view_holder.store(holder, SeqCst);
@@ -298,6 +302,18 @@ pub const WITNESS_UNKNOWN: u8 = 0;
 /// started anew, which released nothing).
 pub fn verdict(is_me: bool, holder: u32, epoch: u64, held: u64) -> bool {
     is_me || (holder == 0 && epoch < held)
+}
+
+/// The grant (its epoch) a volume of the group serves alone on here that the witness's word
+/// (`holder`, 0: none, at `epoch`) does not show: nobody holds the group there, at an epoch
+/// below the grant's. Only a witness that forgot the grant says so (its state restored from an
+/// older copy, or started anew with `--init`: an honest witness never lowers an epoch, and a
+/// release keeps it); it could grant the peer the group while this site serves alone, so the
+/// failover thread claims the grant back (docs/witness-protocol.md, "A witness that forgot a
+/// grant").
+pub fn forgotten_grant(slot: &FailoverSlot, holder: u32, epoch: u64) -> Option<u64> {
+    let held = slot.epoch.load(SeqCst);
+    (slot.survivors.load(SeqCst) > 0 && held != 0 && holder == 0 && epoch < held).then_some(held)
 }
 
 /// Whether a release of epoch `epoch` should reach the witness: not while a volume of the
@@ -442,6 +458,11 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
     let mut asking: Vec<bool> = Vec::with_capacity(groups.len());
     // A grant answered that no volume may have taken yet (`unclaimed_grant`).
     let mut unclaimed: Vec<Option<(u64, bool)>> = vec![None; groups.len()];
+    // Groups whose grant held here the witness's last word did not show (`forgotten_grant`),
+    // and when each may be claimed back next (after an unanswered claim: an older witness
+    // drops it).
+    let mut reclaim: Vec<usize> = Vec::new();
+    let mut reclaim_after: Vec<Option<std::time::Instant>> = vec![None; groups.len()];
     while !stop.load(SeqCst) {
         for (i, (_, slot, name)) in groups.iter().enumerate() {
             if let Some(epoch) = unclaimed_grant(slot, &mut unclaimed[i])
@@ -664,6 +685,11 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                             .store(v.preferred.map(|p| p.get()).unwrap_or(0), SeqCst);
                         let holder = v.holder.map(|h| h.get()).unwrap_or(0);
                         slot.publish_view(holder, v.epoch.0, cfg.site_id);
+                        if forgotten_grant(slot, holder, v.epoch.0).is_some()
+                            && reclaim_after[i].is_none_or(|t| std::time::Instant::now() >= t)
+                        {
+                            reclaim.push(i);
+                        }
                         if slot.in_sync_now() && v.epoch.0 > known[i].0 {
                             known[i] = v.epoch;
                             slot.known_epoch.store(v.epoch.0, SeqCst);
@@ -681,6 +707,51 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                 }
             }
             last_claims = claims;
+        }
+        // (After one claim-back unanswered, the others of this turn wait too: an older witness
+        // would hold the thread two heartbeat intervals per group.)
+        let mut unanswered = false;
+        for i in reclaim.drain(..) {
+            if unanswered {
+                reclaim_after[i] = Some(std::time::Instant::now() + cfg.heartbeat * 10);
+                continue;
+            }
+            let (group, slot, name) = &groups[i];
+            // (Looked at again: a volume may have given the grant back meanwhile.)
+            let Some(held) = forgotten_grant(slot, 0, slot.view_epoch.load(SeqCst)) else {
+                continue;
+            };
+            tracing::error!(volume = %name, held, witness_epoch = slot.view_epoch.load(SeqCst),
+                "mirror: the witness shows nobody holding the group at an epoch below this site's grant, on which it serves alone (the witness restarted from an older state, or with --init): claiming the grant back");
+            // (Short, as a heartbeat: answered within a round trip by a witness that knows the
+            // flag; an older one drops it, and the requests of other groups wait meanwhile.)
+            client.set_timeout(cfg.heartbeat * 2);
+            match client.reclaim_grant(*group, Epoch(held)) {
+                Ok(GrantOutcome::Granted { epoch }) => {
+                    reclaim_after[i] = None;
+                    slot.publish_view(cfg.site_id, epoch.0, cfg.site_id);
+                    tracing::warn!(volume = %name, epoch = epoch.0,
+                        "mirror: the witness records this site's grant again");
+                }
+                Ok(GrantOutcome::Denied {
+                    reason,
+                    holder,
+                    epoch,
+                    ..
+                }) => {
+                    reclaim_after[i] = None;
+                    slot.publish_view(holder.map_or(0, |h| h.get()), epoch.0, cfg.site_id);
+                    tracing::error!(volume = %name, held, ?reason, holder = ?holder.map(|h| h.get()), epoch = epoch.0,
+                        "mirror: the witness refuses this site's grant back (granted to the peer meanwhile, or released): the peer may serve alone too");
+                }
+                Err(e) => {
+                    // An older witness drops the flag: not asked again at every heartbeat.
+                    reclaim_after[i] = Some(std::time::Instant::now() + cfg.heartbeat * 10);
+                    unanswered = true;
+                    tracing::warn!(volume = %name, held, error = %e,
+                        "mirror: claiming the grant back got no answer; serving on, asking again later");
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -865,11 +936,27 @@ mod tests {
         dir: &std::path::Path,
         tie_grace: Duration,
     ) -> (SocketAddr, Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
+        witness_at(
+            dir,
+            tie_grace,
+            Duration::ZERO,
+            "127.0.0.1:0".parse().unwrap(),
+        )
+    }
+
+    /// [`witness_with_grace`] with its start grace, listening on `listen`.
+    fn witness_at(
+        dir: &std::path::Path,
+        tie_grace: Duration,
+        start_grace: Duration,
+        listen: SocketAddr,
+    ) -> (SocketAddr, Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
         let cfg = twinblk_witness::Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen,
             state: dir.join("witness.state"),
             key: Key::new(KEY).unwrap(),
             tie_grace,
+            start_grace,
             init: true,
         };
         let mut w = twinblk_witness::Witness::open(cfg).unwrap();
@@ -903,14 +990,31 @@ mod tests {
         Arc<AtomicBool>,
         std::thread::JoinHandle<()>,
     ) {
+        thread_with(addr, site, beat, true, |_| {})
+    }
+
+    /// [`thread_of`], vol0 configured `preferred` or not, its slot set up by `setup` before
+    /// the thread starts.
+    fn thread_with(
+        addr: SocketAddr,
+        site: u32,
+        beat: Duration,
+        preferred: bool,
+        setup: impl FnOnce(&FailoverSlot),
+    ) -> (
+        Arc<FailoverSlot>,
+        Arc<AtomicBool>,
+        std::thread::JoinHandle<()>,
+    ) {
         let slot = Arc::new(FailoverSlot::default());
+        setup(&slot);
         let cfg = FailoverConfig {
             witness: addr,
             key_file: PathBuf::new(),
             site_id: site,
             heartbeat: beat,
             request_timeout: Duration::from_secs(2),
-            volumes: vec![("vol0".into(), true, Arc::clone(&slot))],
+            volumes: vec![("vol0".into(), preferred, Arc::clone(&slot))],
         };
         let c = client(addr, site);
         let stop = Arc::new(AtomicBool::new(false));
@@ -924,6 +1028,153 @@ mod tests {
             group: GroupId::from_name("vol0"),
             preferred,
         }]
+    }
+
+    /// Site 1 holds vol0 at epoch 2 and serves alone on it (the link down); the witness is
+    /// restarted from an older copy of its state (a backup taken at epoch 1, released), which
+    /// does not know that grant. Site 2 (in sync at epoch 1, asking again: its word shows
+    /// nobody holding the group) must be denied: site 1's failover thread, seeing the word
+    /// (no holder, epoch 1, below its grant), claims the grant back within the witness's start
+    /// grace. Failed before: site 1 said nothing, and site 2 was granted epoch 2 too (two sites
+    /// serving alone).
+    #[test]
+    fn a_witness_restarted_from_an_older_state_gets_the_survivors_grant_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("witness.state");
+        let g = GroupId::from_name("vol0");
+        let (addr, wstop, wh) = witness_here(dir.path());
+        let mut one = client(addr, 1);
+        assert_eq!(
+            one.request_grant(g, Epoch(0), false).unwrap(),
+            GrantOutcome::Granted { epoch: Epoch(1) }
+        );
+        one.release(g, Epoch(1)).unwrap();
+        wstop.store(true, SeqCst);
+        wh.join().unwrap();
+        let backup = std::fs::read(&state).unwrap();
+        let (addr, wstop, wh) = witness_at(
+            dir.path(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            addr,
+        );
+        assert_eq!(
+            one.request_grant(g, Epoch(1), false).unwrap(),
+            GrantOutcome::Granted { epoch: Epoch(2) }
+        );
+        // The witness stops; its state is replaced by the backup; it starts again.
+        wstop.store(true, SeqCst);
+        wh.join().unwrap();
+        std::fs::write(&state, &backup).unwrap();
+        // (Site 1 not the preferred site: no tie holds site 2 back.)
+        let (slot, stop, h) = thread_with(addr, 1, Duration::from_millis(100), false, |s| {
+            s.epoch.store(2, SeqCst);
+            s.survivors.store(1, SeqCst);
+        });
+        let (addr, wstop, wh) = witness_at(
+            dir.path(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            addr,
+        );
+        let mut two = client(addr, 2);
+        let answer = two.request_grant(g, Epoch(1), false);
+        stop.store(true, SeqCst);
+        h.join().unwrap();
+        let held = one.heartbeat(&vol0(false)).unwrap();
+        wstop.store(true, SeqCst);
+        wh.join().unwrap();
+        assert!(
+            matches!(
+                answer,
+                Ok(GrantOutcome::Denied {
+                    reason: twinblk_witness::DenyReason::Held,
+                    holder: Some(h),
+                    epoch: Epoch(2),
+                    ..
+                }) if h.get() == 1
+            ),
+            "site 2 answered {answer:?} while site 1 serves alone at epoch 2"
+        );
+        assert_eq!((held[0].holder, held[0].epoch), (SiteId::new(1), Epoch(2)));
+        assert_eq!(slot.view(), Some((true, 1, 2)));
+    }
+
+    /// An older witness (it drops GRANT_REQUEST with `HOLDS`) restarted from an older state:
+    /// its views show nobody holding four groups this site serves alone on at epoch 2. One
+    /// claim-back unanswered makes the others of the turn wait too: over 1.5 s only one group
+    /// is asked, not all four, each holding the thread two heartbeat intervals (other groups'
+    /// requests wait behind them).
+    #[test]
+    fn claims_back_an_older_witness_drops_do_not_hold_the_thread_group_after_group() {
+        use twinblk_witness::proto::{self, Body, Msg};
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let key = Key::new(KEY).unwrap();
+        let names = ["g1", "g2", "g3", "g4"];
+        let slots: Vec<Arc<FailoverSlot>> = names
+            .iter()
+            .map(|_| {
+                let s = Arc::new(FailoverSlot::default());
+                s.epoch.store(2, SeqCst);
+                s.survivors.store(1, SeqCst);
+                s
+            })
+            .collect();
+        let cfg = FailoverConfig {
+            witness: addr,
+            key_file: PathBuf::new(),
+            site_id: 1,
+            heartbeat: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(2),
+            volumes: names
+                .iter()
+                .zip(&slots)
+                .map(|(n, s)| (n.to_string(), false, Arc::clone(s)))
+                .collect(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = Arc::clone(&stop);
+        let h = std::thread::spawn(move || run(cfg, client(addr, 1), st));
+        let mut asked = std::collections::BTreeSet::new();
+        let (mut buf, mut out) = ([0u8; 2048], Vec::new());
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_millis(1500) {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let msg = proto::decode_request(&buf[..n], &key).unwrap();
+            match msg.body {
+                Body::Heartbeat { claims } => {
+                    let views = claims
+                        .iter()
+                        .map(|c| twinblk_witness::GroupView {
+                            group: c.group,
+                            epoch: Epoch(1),
+                            holder: None,
+                            preferred: None,
+                        })
+                        .collect();
+                    let answer = Msg {
+                        body: Body::View { views },
+                        ..msg
+                    };
+                    proto::encode(&mut out, &answer, &key).unwrap();
+                    sock.send_to(&out, from).unwrap();
+                }
+                Body::GrantRequest {
+                    group, holds: true, ..
+                } => {
+                    asked.insert(group);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        stop.store(true, SeqCst);
+        h.join().unwrap();
+        assert_eq!(asked.len(), 1, "groups claimed back in 1.5 s: {asked:?}");
     }
 
     /// Both sites configured preferred for vol0 (site 1 recorded first): site 2's claim is

@@ -376,6 +376,7 @@ impl Engine {
         self.check_grant(io, &slot);
         self.adopt_lost_grant(io, &slot);
         self.give_back_unadoptable(&slot);
+        self.give_back_again(&slot);
         self.ask_again_if_released(&slot);
         if self.sess.up {
             // A second request's answer read in session (or none: the link's loss asks
@@ -678,8 +679,14 @@ impl Engine {
         // (`epoch <= given_back`: the grant this site gave back, as a heartbeat saw it before
         // the release.)
         if !is_me || epoch <= self.given_back {
+            // (Not on a word below an epoch seen before: the witness went back, restarted
+            // from an older state or anew, and the site it granted since may serve alone on a
+            // grant it forgot; test `durable::a_site_fenced_for_an_unanswered_request_does_not_ask_again_on_a_word_older_than_one_it_saw`.)
+            let went_back =
+                epoch < slot.view_epoch_max.load(SeqCst) || epoch < self.unanswered_epoch;
             if self.mode == Mode::Fenced
                 && holder == 0
+                && !went_back
                 && (!takeover || self.unanswered_retried)
                 && !self.sess.up
                 && !self.draining
@@ -844,6 +851,43 @@ impl Engine {
             slot.release.store(epoch, SeqCst);
         }
         self.unadoptable = false;
+    }
+
+    /// In sync, the witness's word names this site the holder at an epoch it gave back already
+    /// (`given_back`): a witness restarted from an older copy of its state (docs/witness-protocol.md,
+    /// "A witness that forgot a grant"), or a heartbeat answered before the release arrived.
+    /// Given back once more (once per word; the witness answers a release it had taken
+    /// already with its state, unchanged): kept, the witness would deny the peer at the next
+    /// loss, and the peer, waiting for that grant's give-back, would never ask again. No volume
+    /// of the group serves on a grant given back (`FailoverSlot::claim_grant` refuses it once
+    /// `released`), so the release takes nothing from anyone; and never while a volume of the
+    /// group serves alone or waits on a request (the grant may be its).
+    fn give_back_again(&mut self, slot: &crate::layer::mirror::failover::FailoverSlot) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.given_back == 0
+            || self.mode != Mode::Mirroring
+            || !self.sess.up
+            || self.draining
+            || slot.survivors.load(SeqCst) != 0
+            || slot.watching.load(SeqCst) != 0
+        {
+            return;
+        }
+        let seq = slot.view_seq.load(SeqCst);
+        let Some((true, _, epoch)) = slot.view() else {
+            return;
+        };
+        if epoch > self.given_back
+            || seq <= self.given_back_again
+            || slot.released.load(SeqCst) < epoch
+            || slot.release.load(SeqCst) != 0
+        {
+            return;
+        }
+        self.given_back_again = seq;
+        tracing::warn!(volume = %self.cfg.name, epoch,
+            "mirror: the witness names this site the holder of a grant it gave back (restarted from an older state?); giving it back again");
+        slot.release.store(epoch, SeqCst);
     }
 
     /// Taken over by an operator: which regions differ from the peer is unknown, so the peer

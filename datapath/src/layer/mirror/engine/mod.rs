@@ -291,6 +291,9 @@ pub struct Engine {
     /// The newest epoch this site gave back (or is giving back): the witness's word naming
     /// this site at it is old news, never a lost grant.
     given_back: u64,
+    /// The word (view sequence) at which a grant given back was last given back again
+    /// (`give_back_again`: once per word).
+    given_back_again: u64,
     /// Started in this process (with its state, fenced or in sync, or without it): nothing
     /// here knows whether the witness holds a grant for this site from before the start (a
     /// lost answer watched in session or fenced for, a release not yet sent or answered:
@@ -413,6 +416,7 @@ impl Engine {
             denied_by: None,
             witness_retried: false,
             given_back: 0,
+            given_back_again: 0,
             resync_received: None,
             watching: None,
             withdrawn_in: None,

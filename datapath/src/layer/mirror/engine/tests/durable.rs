@@ -792,3 +792,35 @@ fn a_site_fenced_for_an_unanswered_request_asks_again_as_a_takeover_after_anothe
         "the group's other volumes take it as plain"
     );
 }
+
+/// b's request goes unanswered (fenced for want of it) while a is granted epoch 1 and serves
+/// alone; b hears the witness again and its word names a the holder at 1. The witness is then
+/// restarted from an older copy of its state (or anew): its word names nobody, at epoch 0. b
+/// must not take that for "nobody was granted since my fence" and ask again: the witness went
+/// back (epochs never go down otherwise), and a, whose grant it forgot, may be serving alone
+/// (its claim-back, if it comes, is the witness's business: docs/witness-protocol.md, "A
+/// witness that forgot a grant"). Failed before: b asked, and with a down or slow to claim its
+/// grant back, was granted epoch 1 too.
+#[test]
+fn a_site_fenced_for_an_unanswered_request_does_not_ask_again_on_a_word_older_than_one_it_saw() {
+    use crate::layer::mirror::failover::UNREACHABLE;
+    let (mut a, sa, mut b, sb, mut io, _rng, _) =
+        super::failover::cut_and_answer(197, GRANTED, UNREACHABLE);
+    let _ = &sa;
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    sb.want.store(false, SeqCst);
+    let now = Instant::now();
+    sb.publish_view(1, 1, 2);
+    b.engine.tick(&mut io, now);
+    a.engine.tick(&mut io, now);
+    assert!(!sb.want.load(SeqCst), "asked while a holds the group");
+    for _ in 0..3 {
+        sb.publish_view(0, 0, 2);
+        b.engine.tick(&mut io, now);
+    }
+    assert!(
+        !sb.want.load(SeqCst),
+        "b asked again on a witness word older than one it had seen"
+    );
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+}

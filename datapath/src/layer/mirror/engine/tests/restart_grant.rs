@@ -571,6 +571,7 @@ impl Witness {
             group: Self::GROUP,
             known: twinblk_witness::Epoch(known),
             preferred: false,
+            holds: false,
         };
         match self.send(site, body) {
             twinblk_witness::proto::Body::Grant { view } => Some(view.epoch.0),
@@ -1060,4 +1061,43 @@ fn a_fence_for_want_of_an_answer_is_saved_in_one_state_with_its_flag() {
         .expect("saved");
     assert_eq!(p.mode, 2, "saved fenced");
     assert!(p.fenced_unanswered.is_some(), "saved without its flag");
+}
+
+/// A survivor (a, epoch 1) resyncs b and gives its grant back; the witness is then restarted
+/// from an older copy of its state (a backup taken while a held the group), whose word names a
+/// the holder at epoch 1 again. a, in sync and serving alone on nothing, must give that grant
+/// back once more: kept, the witness denies b at the next loss (a gone with its host, say) and
+/// b, waiting for that grant's give-back, never asks again: the volume serves nowhere. Failed
+/// before: a took the word for an echo of its own release (`epoch <= given_back`) and kept
+/// quiet for good.
+#[test]
+fn a_grant_a_rolled_back_witness_shows_again_is_given_back_again() {
+    use crate::layer::mirror::failover::decide_release;
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut a, mut b, mut io) = lose_peer(true);
+    let mut rng = Rng(131);
+    let sa = a.engine.cfg.failover.clone().unwrap();
+    meet(&mut a, &mut b, &mut io);
+    assert_eq!(a.engine.mode(), Mode::Survivor);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    // The failover thread gives epoch 1 back; the witness answers: nobody holds it.
+    assert_eq!(sa.release.swap(0, SeqCst), 1, "the grant given back");
+    assert!(decide_release(&sa, 1));
+    sa.releasing.store(0, SeqCst);
+    sa.publish_view(0, 1, 1);
+    a.engine.tick(&mut io, Instant::now());
+    // A heartbeat answered before the release took effect (the same word as the rolled-back
+    // witness's): nothing to do yet, the release is on its way.
+    assert_eq!(sa.release.load(SeqCst), 0);
+    // The witness, restarted from the backup: a holds epoch 1.
+    for _ in 0..3 {
+        sa.publish_view(1, 1, 1);
+        a.engine.tick(&mut io, Instant::now());
+        b.engine.tick(&mut io, Instant::now());
+    }
+    assert_eq!(
+        (a.engine.mode(), sa.release.load(SeqCst)),
+        (Mode::Mirroring, 1),
+        "a grant the witness holds again for a site in sync, after its give-back, is kept"
+    );
 }
