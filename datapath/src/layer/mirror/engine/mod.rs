@@ -443,7 +443,11 @@ impl Engine {
         if m == Mode::Mirroring {
             self.al_mirroring();
         }
-        self.target.half_copied &= m == Mode::Fenced;
+        // A resync target that leaves the resync fenced (its replica failed) is half-copied
+        // as well: it says 3 until a resync to it completes, never 2 (the leader of two fenced
+        // sites is the source of their session).
+        self.target.half_copied =
+            (self.target.half_copied || self.mode == Mode::Resyncing) && m == Mode::Fenced;
         self.mode = m;
         self.stats.set_mode(m);
         self.publish_lease();

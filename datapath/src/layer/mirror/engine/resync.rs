@@ -325,8 +325,9 @@ pub(super) struct ResyncTarget {
     /// The replica's flush after the last copy: started, and finished well.
     flushing: bool,
     flushed: bool,
-    /// Restored from a state saved as resyncing (restore.rs): the replica is half-copied, so
-    /// the site, fenced, announces and saves state 3 until its mode changes or a resync to it
+    /// Restored from a state saved as resyncing (restore.rs), or fenced out of a resync it
+    /// received (its replica failed; `Engine::set_mode`): the replica is half-copied, so the
+    /// site, fenced, announces and saves state 3 until its mode changes or a resync to it
     /// starts (never 2: the leader of two fenced sites is the source of their session).
     pub(super) half_copied: bool,
 }

@@ -691,3 +691,99 @@ fn an_update_expired_while_waiting_for_the_survivor_state_leaves_that_wait() {
         "applied after its timeout"
     );
 }
+
+/// A resync target whose device fails a copy takes its replica out of service half-copied. It
+/// must say so (replica state 3, as when it restarts in the middle of a resync), never plain
+/// "fenced" (2): two fenced sites reconcile from the leader, and a half-copied leader would
+/// copy its stale regions over its source's acknowledged writes. Here the leader a is a new
+/// replica, b (in sync) the source of its first sync, without a grant; a's copy of one region
+/// fails after b sent RESYNC_DONE, the link goes with a's replica, b asks the witness, which
+/// does not grant it (unreachable from b, say), and b fences. Restarted with a working device,
+/// a must receive again. (Before, a said 2 and, the leader, reconciled from its half-copied
+/// replica: b's acknowledged write at 16384 was overwritten with a's zeroes.)
+#[test]
+fn a_target_failing_during_its_resync_is_never_the_source_of_the_next_session() {
+    use crate::layer::mirror::failover::DENIED;
+    let mut p = pair();
+    let mut slot = 100;
+    write_at(&mut p.b, &mut p.io, &mut slot, 16384, 0x22, 8192);
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert_eq!(p.b.ok, 1);
+    // a restarts without its state over an empty device: a new replica.
+    break_link(&mut p.a, &mut p.b);
+    let disk = Rc::clone(&p.a.disk);
+    let a = std::mem::replace(&mut p.a, site(Role::Leader, Duration::from_secs(60)));
+    drop(a);
+    std::fs::remove_file(p.dir.path().join("a")).unwrap();
+    disk.borrow_mut().bytes.fill(0);
+    p.a = restart(
+        Site {
+            disk,
+            ..site(Role::Leader, Duration::from_secs(60))
+        },
+        Role::Leader,
+        p.dir.path(),
+        "a",
+    );
+    assert_eq!(p.a.engine.replica_state(), 4);
+    p.a.disk.borrow_mut().fail = Some((16384, 4096));
+    redial_pair(&mut p);
+    assert_eq!(p.a.engine.mode(), Mode::Resyncing);
+    // The copy, a's device operations left pending, until b's RESYNC_DONE is out.
+    let mut sent = false;
+    for _ in 0..100 {
+        let now = Instant::now();
+        p.a.engine.tick(&mut p.io, now);
+        p.b.engine.tick(&mut p.io, now);
+        deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX);
+        deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX);
+        while complete_one(&mut p.b, &mut p.io, &mut p.rng) {}
+        assert!(p.b.engine.wait_persisted());
+        p.b.engine.poll_durable();
+        if p.b
+            .engine
+            .resync
+            .as_ref()
+            .is_some_and(|r| r.awaiting_ack() && r.done_gate.is_none())
+        {
+            sent = true;
+            break;
+        }
+    }
+    assert!(sent, "RESYNC_DONE never sent");
+    deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX);
+    // a's copies land, one failing: its replica is out of service, the link dropped.
+    while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
+    assert!(p.a.engine.replica_failed().is_some());
+    assert!(p.a.engine.kill_link.take().is_some());
+    break_link(&mut p.a, &mut p.b);
+    assert_eq!(
+        p.a.engine.replica_state(),
+        3,
+        "a half-copied target that failed says it is fenced"
+    );
+    // b, unsure whether a finished, asks the witness, which does not grant it: fenced.
+    let now = Instant::now();
+    p.b.engine.tick(&mut p.io, now);
+    p.b.engine.tick(&mut p.io, now);
+    assert!(p.sb.want.load(SeqCst), "b never asked the witness");
+    p.sb.outcome.store(DENIED, SeqCst);
+    p.b.engine.tick(&mut p.io, now);
+    assert_eq!(p.b.engine.mode(), Mode::Fenced);
+    assert!(p.a.engine.wait_persisted() && p.b.engine.wait_persisted());
+    // a restarts with a working device; the link returns.
+    let a = std::mem::replace(&mut p.a, site(Role::Leader, Duration::from_secs(60)));
+    p.a = restart(a, Role::Leader, p.dir.path(), "a");
+    assert_eq!(p.a.engine.replica_state(), 3, "restarted as fenced");
+    redial_pair(&mut p);
+    assert_eq!(p.a.engine.mode(), Mode::Resyncing, "a is the source");
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
+    for (off, byte) in [(0usize, 0x11u8), (16384, 0x22), (20480, 0x22)] {
+        assert_eq!(
+            p.b.disk.borrow().bytes[off],
+            byte,
+            "acknowledged write at {off}"
+        );
+    }
+}
