@@ -787,3 +787,95 @@ fn a_target_failing_during_its_resync_is_never_the_source_of_the_next_session() 
         );
     }
 }
+
+/// The resync target's device is slow (its copies do not complete) once RESYNC_DONE has come:
+/// the source defers its hosts' writes until the target confirms (RESYNC_DONE_ACK), so they
+/// would wait for that slow device and fail at the peer timeout, the volume taking no write
+/// although its only current copy is healthy. As a mirroring site whose apply is slow, the
+/// target takes its replica out of service at half the peer timeout: the source goes on alone
+/// and acknowledges the write in time; the target, restarted with a quick device, is
+/// resynced. Real time (a 1 s peer timeout): the link's heartbeats run as in a daemon.
+#[test]
+fn a_slow_target_after_resync_done_never_makes_the_sources_writes_time_out() {
+    let mut p = survivor_a();
+    for s in [&mut p.a, &mut p.b] {
+        s.engine.cfg.peer_timeout = Duration::from_secs(1);
+    }
+    redial_pair(&mut p);
+    // The copy runs; the target's device never completes a copy.
+    let mut done = false;
+    for _ in 0..50 {
+        let now = Instant::now();
+        p.a.engine.tick(&mut p.io, now);
+        p.b.engine.tick(&mut p.io, now);
+        deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX);
+        deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX);
+        while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
+        assert!(p.a.engine.wait_persisted());
+        p.a.engine.poll_durable();
+        collect(&mut p.a);
+        if p.b.engine.target.is_done() {
+            done = true;
+            break;
+        }
+        std::thread::sleep(ACK_WINDOW);
+    }
+    assert!(done, "RESYNC_DONE never reached the target");
+    assert!(!p.b.disk.borrow().pending.is_empty(), "no copy is slow");
+    assert!(p.a.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()));
+    let (ok, failed) = (p.a.ok, p.a.failed);
+    let mut slot = 300;
+    write_at(&mut p.a, &mut p.io, &mut slot, 20480, 0x77, 4096);
+    assert_eq!(
+        p.a.engine.resync.as_ref().map(|r| r.deferred.len()),
+        Some(1),
+        "the write is not deferred by the last pass"
+    );
+    // Both sites' reactors run (heartbeats answered), the target's copies stay slow.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while p.a.outstanding > 0 && Instant::now() < deadline {
+        let now = Instant::now();
+        p.a.engine.tick(&mut p.io, now);
+        p.b.engine.tick(&mut p.io, now);
+        if p.a.engine.kill_link.take().is_some() | p.b.engine.kill_link.take().is_some() {
+            break_link(&mut p.a, &mut p.b);
+        }
+        if p.a.engine.is_up() {
+            // (The link layer notes each arrival: the heartbeats keep the link up.)
+            if deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX) > 0 {
+                p.b.engine.last_rx = Instant::now();
+            }
+            if deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX) > 0 {
+                p.a.engine.last_rx = Instant::now();
+            }
+        }
+        p.a.engine.poll_actlog(&mut p.io);
+        while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
+        assert!(p.a.engine.wait_persisted());
+        p.a.engine.poll_durable();
+        collect(&mut p.a);
+        assert!(
+            !p.b.engine.may_read(Instant::now()),
+            "the target serves reads without its copies"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        (p.a.ok, p.a.failed),
+        (ok + 1, failed),
+        "the source's write waited for the slow target and failed"
+    );
+    assert_eq!(p.a.engine.mode(), Mode::Survivor);
+    assert!(
+        p.b.engine.replica_failed().is_some(),
+        "the slow target still holds the source"
+    );
+    // Repaired and restarted, the target is resynced: the two replicas the same, the write
+    // read back from both.
+    let b = std::mem::replace(&mut p.b, site(Role::Follower, Duration::from_secs(60)));
+    p.b = restart(b, Role::Follower, p.dir.path(), "b");
+    redial_pair(&mut p);
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
+    assert_eq!(p.b.disk.borrow().bytes[20480], 0x77);
+}
