@@ -934,11 +934,10 @@ impl Engine {
         // This replica wins: its own suspect regions are copied to the peer too.
         self.absorb_suspect();
         self.link_up(io);
-        self.resync = Some(ResyncSource::new(
-            self.cfg.size,
-            self.cfg.dirty_granularity,
-            Instant::now(),
-        ));
+        let mut r = ResyncSource::new(self.cfg.size, self.cfg.dirty_granularity, Instant::now());
+        // (Its last pass holds the hosts' writes no longer than a mirroring site's slow apply.)
+        r.hold_limit = self.cfg.peer_timeout / 2;
+        self.resync = Some(r);
     }
 
     /// A source without a grant (a reconciliation, or the copy to a new replica: no site
@@ -1051,6 +1050,15 @@ impl Engine {
             }
             return;
         }
+        let held = r.release_if_slow(now);
+        if !held.is_empty() {
+            tracing::warn!(volume = %self.cfg.name, held = held.len(),
+                "mirror: a resync read of this replica is slow; the writes its last pass held go ahead alone (the resync ends later)");
+            self.go_alone(io, held);
+        }
+        let Some(r) = self.resync.as_mut() else {
+            return;
+        };
         let (g, size) = (self.cfg.dirty_granularity, self.cfg.size);
         // An operator's rate limit or pause (`mirror_resync`); the last pass, which holds new
         // writes, always goes on.

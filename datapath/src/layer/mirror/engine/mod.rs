@@ -1300,7 +1300,7 @@ impl Engine {
                 if self.ops[k].session == self.sess.number
                     && let Some(rs) = self.resync.as_mut()
                 {
-                    rs.read_done();
+                    rs.read_done(ap.offset);
                 }
                 let this_attempt = self.sess.up && self.ops[k].session == self.sess.number;
                 if let (Err(e), true) = (r, this_attempt)

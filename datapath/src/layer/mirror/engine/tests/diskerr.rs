@@ -879,3 +879,84 @@ fn a_slow_target_after_resync_done_never_makes_the_sources_writes_time_out() {
     assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
     assert_eq!(p.b.disk.borrow().bytes[20480], 0x77);
 }
+
+/// A resync source's own device is slow on a region it copies (the read does not complete)
+/// while the copy is in its last pass, which defers the hosts' writes until the resync ends:
+/// a write to another region must not wait for that read and fail at the peer timeout (the
+/// source is the only current copy, and healthy there). Real time (a 1 s peer timeout), the
+/// link's heartbeats running as in a daemon.
+#[test]
+fn a_slow_read_at_the_source_never_makes_its_writes_time_out() {
+    let mut p = survivor_a();
+    for s in [&mut p.a, &mut p.b] {
+        s.engine.cfg.peer_timeout = Duration::from_secs(1);
+    }
+    to_last_pass(&mut p);
+    assert!(!p.a.disk.borrow().pending.is_empty(), "no read in flight");
+    let (ok, failed) = (p.a.ok, p.a.failed);
+    let mut slot = 300;
+    write_at(&mut p.a, &mut p.io, &mut slot, 20480, 0x77, 4096);
+    assert_eq!(
+        p.a.engine.resync.as_ref().map(|r| r.deferred.len()),
+        Some(1),
+        "the write is not deferred by the last pass"
+    );
+    // The reads in flight stay slow; every other operation of a's device completes.
+    let slow: Vec<u32> = p.a.disk.borrow().pending.iter().map(|x| x.0).collect();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while p.a.outstanding > 0 && Instant::now() < deadline {
+        let now = Instant::now();
+        p.a.engine.tick(&mut p.io, now);
+        p.b.engine.tick(&mut p.io, now);
+        if p.a.engine.kill_link.take().is_some() | p.b.engine.kill_link.take().is_some() {
+            break_link(&mut p.a, &mut p.b);
+        }
+        if p.a.engine.is_up() {
+            if deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX) > 0 {
+                p.b.engine.last_rx = Instant::now();
+            }
+            if deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX) > 0 {
+                p.a.engine.last_rx = Instant::now();
+            }
+        }
+        p.a.engine.poll_actlog(&mut p.io);
+        loop {
+            let i =
+                p.a.disk
+                    .borrow()
+                    .pending
+                    .iter()
+                    .position(|x| !slow.contains(&x.0));
+            let Some(i) = i else { break };
+            let (s, off, data, len) = p.a.disk.borrow_mut().pending.remove(i);
+            let range = off as usize..off as usize + len;
+            match data {
+                Some(d) => {
+                    p.a.disk.borrow_mut().bytes[range].copy_from_slice(&d);
+                    p.a.engine
+                        .apply_finished(&mut p.io, s as usize, Ok(()), &[]);
+                }
+                None => {
+                    let r = p.a.disk.borrow().bytes[range].to_vec();
+                    p.a.engine.apply_finished(&mut p.io, s as usize, Ok(()), &r);
+                }
+            }
+        }
+        while complete_one(&mut p.b, &mut p.io, &mut p.rng) {}
+        assert!(p.a.engine.wait_persisted() && p.b.engine.wait_persisted());
+        p.a.engine.poll_durable();
+        collect(&mut p.a);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        (p.a.ok, p.a.failed),
+        (ok + 1, failed),
+        "the source's write waited for its slow resync read and failed"
+    );
+    assert_eq!(p.a.engine.mode(), Mode::Survivor);
+    assert_eq!(p.b.engine.mode(), Mode::Resyncing, "the target finished");
+    // The read completes: the resync ends, both replicas the same.
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
+    assert_eq!(p.b.disk.borrow().bytes[20480], 0x77);
+}
