@@ -257,7 +257,15 @@ impl Engine {
     /// volume, and this site, restarted from a state that said survivor, would serve alone too
     /// (a split brain; test
     /// `resyncloss::a_grantless_source_restarted_after_resync_done_does_not_serve_alone`).
-    pub(super) fn resync_source_flushed(&mut self, io: &mut IoCx, ok: bool) {
+    pub(super) fn resync_source_flushed(&mut self, io: &mut IoCx, k: usize, ok: bool) {
+        // (Only the attempt's current flush: one given up as slow may end later.)
+        if self
+            .resync
+            .as_mut()
+            .is_none_or(|r| r.flush_op.take_if(|f| *f == k).is_none())
+        {
+            return;
+        }
         if !ok {
             // Tried again later; this site, the only whole copy, goes on serving.
             if let Some(r) = self.resync.as_mut() {
@@ -1120,7 +1128,11 @@ impl Engine {
             }
         }
         if flush {
-            self.start_own_flush(io);
+            let k = self.own_flush_op(Origin::Resync, Stage::Confirmed);
+            if let Some(r) = self.resync.as_mut() {
+                r.flush_op = Some(k);
+            }
+            self.enqueue_apply(io, k, 0, 0);
         }
         let dirty = self.dirty_bytes();
         self.stats

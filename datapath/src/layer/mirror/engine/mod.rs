@@ -1334,7 +1334,7 @@ impl Engine {
                 // (A copy, or the closing flush, of an earlier attempt, from an earlier
                 // session, is not this one's.)
                 if upd == Upd::Flush && self.resync.is_some() {
-                    self.resync_source_flushed(io, r.is_ok());
+                    self.resync_source_flushed(io, k, r.is_ok());
                 } else if upd == Upd::Flush {
                     self.target.flush_done(r.is_ok());
                 } else {

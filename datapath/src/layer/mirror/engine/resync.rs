@@ -33,7 +33,9 @@
 //!   in flight has taken [`ResyncSource::hold_limit`] (half the peer timeout), the last pass
 //!   ends and its deferred updates go ahead alone ([`ResyncSource::release_if_slow`]), and
 //!   no last pass starts while such a read is in flight (a slow device at the source would
-//!   otherwise make its hosts' writes, to any region, fail at the peer timeout).
+//!   otherwise make its hosts' writes, to any region, fail at the peer timeout). A closing
+//!   flush that has taken that long is given up as a failed one; only the attempt's current
+//!   flush (`flush_op`) may send RESYNC_DONE.
 
 use super::RegionMap;
 use std::collections::VecDeque;
@@ -86,6 +88,10 @@ pub(super) struct ResyncSource {
     /// alone is durable here before the target forgets nothing is missing), RESYNC_DONE
     /// follows when it succeeds.
     flushing: bool,
+    /// When the closing flush was decided, and the engine's op for it: only that op's answer
+    /// is this attempt's (one given up as slow, [`Self::release_if_slow`], may end later).
+    flushing_since: Option<Instant>,
+    pub(super) flush_op: Option<usize>,
     /// RESYNC_DONE is sent: nothing more to copy, waiting for the target's confirmation.
     done_sent: bool,
     /// A source without a grant: RESYNC_DONE waits until this persister generation (its
@@ -114,6 +120,8 @@ impl ResyncSource {
             also_done: false,
             copied: RegionMap::new(size, g),
             flushing: false,
+            flushing_since: None,
+            flush_op: None,
             done_sent: false,
             done_gate: None,
             unreadable: RegionMap::new(size, g),
@@ -230,11 +238,20 @@ impl ResyncSource {
 
     /// In the last pass, before its end (nothing flushing or sent), a read in flight has
     /// been slow (see the module doc): the last pass ends, and the updates it held are
-    /// returned, to go ahead alone.
+    /// returned, to go ahead alone. Likewise a closing flush that has taken the hold limit:
+    /// given up as a failed one is ([`Self::flush_failed`]: tried again [`RETRY`] later,
+    /// RESYNC_DONE only after a good one), its late answer no longer this attempt's.
     pub(super) fn release_if_slow(&mut self, now: Instant) -> VecDeque<usize> {
         if self.last_pass && !self.flushing && !self.done_sent && self.slow_read(now) {
             self.last_pass = false;
             return std::mem::take(&mut self.deferred);
+        }
+        let slow_flush = self
+            .flushing_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.hold_limit);
+        if self.flushing && !self.done_sent && slow_flush {
+            self.flush_op = None;
+            return self.flush_failed(now);
         }
         VecDeque::new()
     }
@@ -320,7 +337,11 @@ impl ResyncSource {
                 self.last_pass = true;
                 return Next::Stop;
             }
-            return if writes { Next::Stop } else { Next::Finish };
+            if writes {
+                return Next::Stop;
+            }
+            self.flushing_since = Some(now);
+            return Next::Finish;
         };
         self.cursor = b + 1;
         dirty.clear_bit(b);

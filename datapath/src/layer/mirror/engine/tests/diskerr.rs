@@ -794,12 +794,12 @@ fn a_target_failing_during_its_resync_is_never_the_source_of_the_next_session() 
 /// although its only current copy is healthy. As a mirroring site whose apply is slow, the
 /// target takes its replica out of service at half the peer timeout: the source goes on alone
 /// and acknowledges the write in time; the target, restarted with a quick device, is
-/// resynced. Real time (a 1 s peer timeout): the link's heartbeats run as in a daemon.
+/// resynced. Real time (a 2 s peer timeout): the link's heartbeats run as in a daemon.
 #[test]
 fn a_slow_target_after_resync_done_never_makes_the_sources_writes_time_out() {
     let mut p = survivor_a();
     for s in [&mut p.a, &mut p.b] {
-        s.engine.cfg.peer_timeout = Duration::from_secs(1);
+        s.engine.cfg.peer_timeout = Duration::from_secs(2);
     }
     redial_pair(&mut p);
     // The copy runs; the target's device never completes a copy.
@@ -832,7 +832,7 @@ fn a_slow_target_after_resync_done_never_makes_the_sources_writes_time_out() {
         "the write is not deferred by the last pass"
     );
     // Both sites' reactors run (heartbeats answered), the target's copies stay slow.
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(5);
     while p.a.outstanding > 0 && Instant::now() < deadline {
         let now = Instant::now();
         p.a.engine.tick(&mut p.io, now);
@@ -883,13 +883,13 @@ fn a_slow_target_after_resync_done_never_makes_the_sources_writes_time_out() {
 /// A resync source's own device is slow on a region it copies (the read does not complete)
 /// while the copy is in its last pass, which defers the hosts' writes until the resync ends:
 /// a write to another region must not wait for that read and fail at the peer timeout (the
-/// source is the only current copy, and healthy there). Real time (a 1 s peer timeout), the
+/// source is the only current copy, and healthy there). Real time (a 2 s peer timeout), the
 /// link's heartbeats running as in a daemon.
 #[test]
 fn a_slow_read_at_the_source_never_makes_its_writes_time_out() {
     let mut p = survivor_a();
     for s in [&mut p.a, &mut p.b] {
-        s.engine.cfg.peer_timeout = Duration::from_secs(1);
+        s.engine.cfg.peer_timeout = Duration::from_secs(2);
     }
     to_last_pass(&mut p);
     assert!(!p.a.disk.borrow().pending.is_empty(), "no read in flight");
@@ -903,7 +903,28 @@ fn a_slow_read_at_the_source_never_makes_its_writes_time_out() {
     );
     // The reads in flight stay slow; every other operation of a's device completes.
     let slow: Vec<u32> = p.a.disk.borrow().pending.iter().map(|x| x.0).collect();
-    let deadline = Instant::now() + Duration::from_secs(3);
+    run_with_slow_ops(&mut p, |op| slow.contains(&op.0));
+    assert_eq!(
+        (p.a.ok, p.a.failed),
+        (ok + 1, failed),
+        "the source's write waited for its slow resync read and failed"
+    );
+    assert_eq!(p.a.engine.mode(), Mode::Survivor);
+    assert_eq!(p.b.engine.mode(), Mode::Resyncing, "the target finished");
+    // The read completes: the resync ends, both replicas the same.
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
+    assert_eq!(p.b.disk.borrow().bytes[20480], 0x77);
+}
+
+/// A pending operation of the test disk: (slot, offset, data to write or none, length).
+type PendingOp = (u32, u64, Option<Vec<u8>>, usize);
+
+/// Real time, up to 5 s or until a's requests are all answered: both sites tick (their
+/// heartbeats answered, as the link layer notes each arrival), a link a site drops is broken,
+/// and every device operation finishes but those of a's that `slow` keeps pending.
+fn run_with_slow_ops(p: &mut Pair, slow: impl Fn(&PendingOp) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
     while p.a.outstanding > 0 && Instant::now() < deadline {
         let now = Instant::now();
         p.a.engine.tick(&mut p.io, now);
@@ -921,12 +942,7 @@ fn a_slow_read_at_the_source_never_makes_its_writes_time_out() {
         }
         p.a.engine.poll_actlog(&mut p.io);
         loop {
-            let i =
-                p.a.disk
-                    .borrow()
-                    .pending
-                    .iter()
-                    .position(|x| !slow.contains(&x.0));
+            let i = p.a.disk.borrow().pending.iter().position(|x| !slow(x));
             let Some(i) = i else { break };
             let (s, off, data, len) = p.a.disk.borrow_mut().pending.remove(i);
             let range = off as usize..off as usize + len;
@@ -948,15 +964,97 @@ fn a_slow_read_at_the_source_never_makes_its_writes_time_out() {
         collect(&mut p.a);
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// A resync source's own device is slow to flush: its closing flush (before RESYNC_DONE,
+/// which waits for it) does not complete, and the last pass defers the hosts' writes behind
+/// it. As with a slow read, a write must not wait for it and fail at the peer timeout; the
+/// flush's late success must not send RESYNC_DONE for regions written since (they are
+/// copied first, after a good flush).
+#[test]
+fn a_slow_closing_flush_at_the_source_never_makes_its_writes_time_out() {
+    let mut p = survivor_a();
+    for s in [&mut p.a, &mut p.b] {
+        s.engine.cfg.peer_timeout = Duration::from_secs(2);
+    }
+    p.a.disk.borrow_mut().slow_flush = true;
+    redial_pair(&mut p);
+    let flushing = |p: &Pair| p.a.disk.borrow().pending.iter().any(|x| x.3 == 0);
+    for _ in 0..50 {
+        let now = Instant::now();
+        p.a.engine.tick(&mut p.io, now);
+        p.b.engine.tick(&mut p.io, now);
+        deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX);
+        deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX);
+        while p.a.disk.borrow().pending.iter().any(|x| x.3 > 0) {
+            complete_one(&mut p.a, &mut p.io, &mut p.rng);
+        }
+        while complete_one(&mut p.b, &mut p.io, &mut p.rng) {}
+        assert!(p.a.engine.wait_persisted());
+        if flushing(&p) {
+            break;
+        }
+        std::thread::sleep(ACK_WINDOW);
+    }
+    assert!(flushing(&p), "the closing flush never started");
+    let (ok, failed) = (p.a.ok, p.a.failed);
+    let mut slot = 300;
+    write_at(&mut p.a, &mut p.io, &mut slot, 20480, 0x77, 4096);
+    assert_eq!(
+        p.a.engine.resync.as_ref().map(|r| r.deferred.len()),
+        Some(1),
+        "the write is not deferred by the last pass"
+    );
+    let flush_slot =
+        p.a.disk
+            .borrow()
+            .pending
+            .iter()
+            .find(|x| x.3 == 0)
+            .unwrap()
+            .0;
+    run_with_slow_ops(&mut p, |op| op.0 == flush_slot);
     assert_eq!(
         (p.a.ok, p.a.failed),
         (ok + 1, failed),
-        "the source's write waited for its slow resync read and failed"
+        "the source's write waited for its slow flush and failed"
     );
-    assert_eq!(p.a.engine.mode(), Mode::Survivor);
-    assert_eq!(p.b.engine.mode(), Mode::Resyncing, "the target finished");
-    // The read completes: the resync ends, both replicas the same.
+    // Another write alone, applied before its region is read; then the slow flush succeeds
+    // late: no RESYNC_DONE while that write is copied to nobody yet.
+    write_at(&mut p.a, &mut p.io, &mut slot, 24576, 0x78, 4096);
+    while p.a.disk.borrow().pending.iter().any(|x| x.3 > 0) {
+        complete_one(&mut p.a, &mut p.io, &mut p.rng);
+    }
+    assert!(p.a.engine.wait_persisted());
+    p.a.engine.poll_durable();
+    p.a.engine.poll_actlog(&mut p.io);
+    while p.a.disk.borrow().pending.iter().any(|x| x.3 > 0) {
+        complete_one(&mut p.a, &mut p.io, &mut p.rng);
+    }
+    p.a.disk.borrow_mut().slow_flush = false;
+    while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
+    for _ in 0..5 {
+        p.a.engine.tick(&mut p.io, Instant::now());
+        deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX);
+        deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX);
+        while complete_one(&mut p.a, &mut p.io, &mut p.rng)
+            || complete_one(&mut p.b, &mut p.io, &mut p.rng)
+        {}
+        assert!(p.a.engine.wait_persisted() && p.b.engine.wait_persisted());
+        p.b.engine.tick(&mut p.io, Instant::now());
+        if p.b.engine.mode() == Mode::Mirroring {
+            for (off, byte) in [(20480usize, 0x77u8), (24576, 0x78)] {
+                assert_eq!(
+                    p.b.disk.borrow().bytes[off],
+                    byte,
+                    "the target finished without the write at {off}"
+                );
+            }
+        }
+    }
+    p.a.engine.retry_unreadable_now();
     run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
     assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
     assert_eq!(p.b.disk.borrow().bytes[20480], 0x77);
+    assert_eq!(p.b.disk.borrow().bytes[24576], 0x78);
 }
