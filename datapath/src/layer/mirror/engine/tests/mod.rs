@@ -955,6 +955,7 @@ mod peercache;
 mod phasefault;
 mod restart_fence;
 mod restart_grant;
+mod resyncfuzz;
 mod resyncloss;
 mod takeover_flag;
 
