@@ -294,6 +294,42 @@ impl Engine {
         }
     }
 
+    /// Target: a resync from the peer starts, this site's "resyncing" state just handed to
+    /// the persister: no copy is applied before it is on disk ([`Self::take_copy`]).
+    pub(super) fn start_target(&mut self) {
+        self.target.start();
+        self.target.gate = self.durable.handle.as_ref().map_or(0, |h| h.submitted());
+    }
+
+    /// Target: a copy (RESYNC) came: applied now, or, while this site's "resyncing" state is
+    /// not on disk (or earlier copies wait for it), kept to be applied once it is
+    /// ([`Self::release_waiting_copies`]). Counted at once (RESYNC_DONE waits for it).
+    pub(super) fn take_copy(&mut self, io: &mut IoCx, h: &Header, payload: &[u8]) {
+        self.target.copy_started();
+        if !self.target.waiting.is_empty() || !self.durable.is_durable(self.target.gate) {
+            self.target.waiting.push_back((*h, payload.to_vec()));
+            return;
+        }
+        let k = self.new_peer_op(Origin::Resync, Upd::Write, h, Data::default());
+        self.enqueue_apply_from(io, k, (0, 0), payload);
+    }
+
+    /// Target: the copies that waited for the "resyncing" state are applied once it is on
+    /// disk (each reactor turn; at once without a state file).
+    pub(super) fn release_waiting_copies(&mut self, io: &mut IoCx) {
+        if self.mode != Mode::Resyncing {
+            // (Its replica failed meanwhile, say: nothing more is applied to it.)
+            self.target.waiting.clear();
+        }
+        if self.target.waiting.is_empty() || !self.durable.is_durable(self.target.gate) {
+            return;
+        }
+        for (h, payload) in std::mem::take(&mut self.target.waiting) {
+            let k = self.new_peer_op(Origin::Resync, Upd::Write, &h, Data::default());
+            self.enqueue_apply_from(io, k, (0, 0), &payload);
+        }
+    }
+
     /// Target: once RESYNC_DONE came and every copy is applied, flush the replica; once
     /// that is done, serve I/O again.
     pub(super) fn maybe_end_resync_target(&mut self, io: &mut IoCx) {

@@ -734,7 +734,7 @@ impl Engine {
                 // acknowledged writes.)
                 self.give_up_held();
                 self.set_mode(Mode::Resyncing);
-                self.target.start();
+                self.start_target();
                 self.link_up(io);
                 self.send_suspect();
                 tracing::warn!(volume = %self.cfg.name,
@@ -836,6 +836,7 @@ impl Engine {
         self.failover_tick(io);
         self.switch_tick(io, now);
         self.release_alone(now);
+        self.release_waiting_copies(io);
         self.resync_step(io, now);
         self.expire(now);
         self.release_room_wait(io);

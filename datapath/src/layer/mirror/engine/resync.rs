@@ -390,6 +390,12 @@ pub(super) struct ResyncTarget {
     done: bool,
     /// The source's witness grant epoch, from its RESYNC_DONE (0: none).
     pub(super) source_epoch: u64,
+    /// The generation of this site's "resyncing" state (0: none to wait for), and the copies
+    /// that came before it was on disk, applied once it is, in arrival order: until then the
+    /// state file says what the site was before (fenced, in sync), and a crash with copies
+    /// applied would restart it so with a half-copied replica (`Engine::take_copy`).
+    pub(super) gate: u64,
+    pub(super) waiting: VecDeque<(super::Header, Vec<u8>)>,
     /// The replica's flush after the last copy: started, and finished well.
     flushing: bool,
     flushed: bool,

@@ -811,8 +811,10 @@ fn a_slow_target_after_resync_done_never_makes_the_sources_writes_time_out() {
         deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX);
         deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX);
         while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
-        assert!(p.a.engine.wait_persisted());
+        assert!(p.a.engine.wait_persisted() && p.b.engine.wait_persisted());
         p.a.engine.poll_durable();
+        // (b's copies reach its device once its "resyncing" state is on disk.)
+        p.b.engine.tick(&mut p.io, Instant::now());
         collect(&mut p.a);
         if p.b.engine.target.is_done() {
             done = true;
@@ -1057,4 +1059,50 @@ fn a_slow_closing_flush_at_the_source_never_makes_its_writes_time_out() {
     assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
     assert_eq!(p.b.disk.borrow().bytes[20480], 0x77);
     assert_eq!(p.b.disk.borrow().bytes[24576], 0x78);
+}
+
+/// A resync target applies no copy before its "resyncing" state (replica state 3) is on disk.
+/// Its state file says fenced (2) until then, or in sync; a crash with copies applied would
+/// restart it from that state with a half-copied replica, which, as the leader of two fenced
+/// sites (or in sync beside a fenced peer), would be the source of the next session and copy
+/// its stale regions over the acknowledged writes of its source (as in
+/// `a_target_failing_during_its_resync_is_never_the_source_of_the_next_session`). Here the
+/// target's persister takes its time; the copies wait for it. (Before, they were applied at
+/// once.)
+#[test]
+fn a_resync_target_applies_no_copy_before_it_is_saved_as_resyncing() {
+    let mut p = survivor_a();
+    assert!(p.b.engine.wait_persisted());
+    let persister = p.b.engine.persister().expect("persister");
+    persister.hold(true);
+    redial_pair(&mut p);
+    assert_eq!(p.b.engine.mode(), Mode::Resyncing);
+    let before = p.b.disk.borrow().bytes.clone();
+    let on_disk = |p: &Pair| {
+        crate::layer::mirror::state::load(&p.dir.path().join("b"))
+            .unwrap()
+            .unwrap()
+            .mode
+    };
+    for _ in 0..20 {
+        let now = Instant::now();
+        p.a.engine.tick(&mut p.io, now);
+        p.b.engine.tick(&mut p.io, now);
+        deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX);
+        deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX);
+        while complete_one(&mut p.a, &mut p.io, &mut p.rng)
+            || complete_one(&mut p.b, &mut p.io, &mut p.rng)
+        {}
+        assert_eq!(on_disk(&p), 2, "the target's state on disk");
+        assert!(
+            p.b.disk.borrow().bytes == before,
+            "a copy was applied while the target's state on disk said fenced"
+        );
+        std::thread::sleep(ACK_WINDOW);
+    }
+    assert_eq!(p.b.engine.mode(), Mode::Resyncing);
+    persister.hold(false);
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
+    assert_eq!(p.b.disk.borrow().bytes[16384], 0x66);
 }
