@@ -1338,7 +1338,8 @@ impl Engine {
                     self.resync_source_flushed(io, k, r.is_ok());
                 } else if upd == Upd::Flush {
                     self.target.flush_done(r.is_ok());
-                } else {
+                } else if r.is_ok() {
+                    // (A failed copy is never counted: the replica fails below.)
                     self.target.copy_applied();
                 }
                 self.maybe_end_resync_target(io);

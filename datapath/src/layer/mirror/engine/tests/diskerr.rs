@@ -1106,3 +1106,51 @@ fn a_resync_target_applies_no_copy_before_it_is_saved_as_resyncing() {
     assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
     assert_eq!(p.b.disk.borrow().bytes[16384], 0x66);
 }
+
+/// The last copy of a resync fails at the target's device after RESYNC_DONE came, its flush
+/// completing within the call (a device that answers flushes at once). The failed copy must
+/// not count as applied: the target never calls itself in sync (nor learns the source's grant
+/// epoch, nor answers RESYNC_DONE_ACK) before its replica is taken out of service. (Before,
+/// the count reached zero, the flush ran and completed, and the target was "in sync" for a
+/// moment: its state handed to the persister as such, the source's epoch learned, the
+/// confirmation queued.)
+#[test]
+fn a_failed_last_copy_never_completes_the_resync_at_the_target() {
+    let mut p = survivor_a();
+    p.sb.view_epoch.store(1, SeqCst);
+    p.b.disk.borrow_mut().fail = Some((16384, 4096));
+    redial_pair(&mut p);
+    for _ in 0..50 {
+        let now = Instant::now();
+        p.a.engine.tick(&mut p.io, now);
+        p.b.engine.tick(&mut p.io, now);
+        deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX);
+        deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX);
+        while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
+        assert!(p.a.engine.wait_persisted() && p.b.engine.wait_persisted());
+        p.a.engine.poll_durable();
+        p.b.engine.tick(&mut p.io, Instant::now());
+        if p.b.engine.target.is_done() {
+            break;
+        }
+        std::thread::sleep(ACK_WINDOW);
+    }
+    assert!(p.b.engine.target.is_done(), "RESYNC_DONE never came");
+    assert!(
+        !p.b.disk.borrow().pending.is_empty(),
+        "the copy is not pending"
+    );
+    while complete_one(&mut p.b, &mut p.io, &mut p.rng) {}
+    assert!(p.b.engine.replica_failed().is_some());
+    assert_eq!(
+        p.sb.learned_epoch.load(SeqCst),
+        0,
+        "the source's epoch learned"
+    );
+    p.b.engine.take_outbox(&mut p.b.wire);
+    let mut at = 0;
+    while let wire::Decoded::Msg(h, r) = wire::decode(&p.b.wire[at..]) {
+        assert_ne!(h.ty, Type::ResyncDoneAck, "RESYNC_DONE_ACK queued");
+        at += r.end;
+    }
+}
