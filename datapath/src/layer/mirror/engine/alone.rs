@@ -269,7 +269,15 @@ impl Engine {
     /// volume, and this site, restarted from a state that said survivor, would serve alone too
     /// (a split brain; test
     /// `resyncloss::a_grantless_source_restarted_after_resync_done_does_not_serve_alone`).
-    pub(super) fn resync_source_flushed(&mut self, io: &mut IoCx, ok: bool) {
+    pub(super) fn resync_source_flushed(&mut self, io: &mut IoCx, k: usize, ok: bool) {
+        // (Only the attempt's current flush: one given up as slow may end later.)
+        if self
+            .resync
+            .as_mut()
+            .is_none_or(|r| r.flush_op.take_if(|f| *f == k).is_none())
+        {
+            return;
+        }
         if !ok {
             // Tried again later; this site, the only whole copy, goes on serving.
             if let Some(r) = self.resync.as_mut() {
@@ -295,6 +303,42 @@ impl Engine {
             }
         } else {
             self.send_resync_done();
+        }
+    }
+
+    /// Target: a resync from the peer starts, this site's "resyncing" state just handed to
+    /// the persister: no copy is applied before it is on disk ([`Self::take_copy`]).
+    pub(super) fn start_target(&mut self) {
+        self.target.start();
+        self.target.gate = self.durable.handle.as_ref().map_or(0, |h| h.submitted());
+    }
+
+    /// Target: a copy (RESYNC) came: applied now, or, while this site's "resyncing" state is
+    /// not on disk (or earlier copies wait for it), kept to be applied once it is
+    /// ([`Self::release_waiting_copies`]). Counted at once (RESYNC_DONE waits for it).
+    pub(super) fn take_copy(&mut self, io: &mut IoCx, h: &Header, payload: &[u8]) {
+        self.target.copy_started();
+        if !self.target.waiting.is_empty() || !self.durable.is_durable(self.target.gate) {
+            self.target.waiting.push_back((*h, payload.to_vec()));
+            return;
+        }
+        let k = self.new_peer_op(Origin::Resync, Upd::Write, h, Data::default());
+        self.enqueue_apply_from(io, k, (0, 0), payload);
+    }
+
+    /// Target: the copies that waited for the "resyncing" state are applied once it is on
+    /// disk (each reactor turn; at once without a state file).
+    pub(super) fn release_waiting_copies(&mut self, io: &mut IoCx) {
+        if self.mode != Mode::Resyncing {
+            // (Its replica failed meanwhile, say: nothing more is applied to it.)
+            self.target.waiting.clear();
+        }
+        if self.target.waiting.is_empty() || !self.durable.is_durable(self.target.gate) {
+            return;
+        }
+        for (h, payload) in std::mem::take(&mut self.target.waiting) {
+            let k = self.new_peer_op(Origin::Resync, Upd::Write, &h, Data::default());
+            self.enqueue_apply_from(io, k, (0, 0), &payload);
         }
     }
 
@@ -990,11 +1034,10 @@ impl Engine {
         // This replica wins: its own suspect regions are copied to the peer too.
         self.absorb_suspect();
         self.link_up(io);
-        self.resync = Some(ResyncSource::new(
-            self.cfg.size,
-            self.cfg.dirty_granularity,
-            Instant::now(),
-        ));
+        let mut r = ResyncSource::new(self.cfg.size, self.cfg.dirty_granularity, Instant::now());
+        // (Its last pass holds the hosts' writes no longer than a mirroring site's slow apply.)
+        r.hold_limit = self.cfg.peer_timeout / 2;
+        self.resync = Some(r);
     }
 
     /// A source without a grant (a reconciliation, or the copy to a new replica: no site
@@ -1107,6 +1150,15 @@ impl Engine {
             }
             return;
         }
+        let held = r.release_if_slow(now);
+        if !held.is_empty() {
+            tracing::warn!(volume = %self.cfg.name, held = held.len(),
+                "mirror: a resync read of this replica is slow; the writes its last pass held go ahead alone (the resync ends later)");
+            self.go_alone(io, held);
+        }
+        let Some(r) = self.resync.as_mut() else {
+            return;
+        };
         let (g, size) = (self.cfg.dirty_granularity, self.cfg.size);
         // An operator's rate limit or pause (`mirror_resync`); the last pass, which holds new
         // writes, always goes on.
@@ -1168,7 +1220,11 @@ impl Engine {
             }
         }
         if flush {
-            self.start_own_flush(io);
+            let k = self.own_flush_op(Origin::Resync, Stage::Confirmed);
+            if let Some(r) = self.resync.as_mut() {
+                r.flush_op = Some(k);
+            }
+            self.enqueue_apply(io, k, 0, 0);
         }
         let dirty = self.dirty_bytes();
         self.stats

@@ -353,9 +353,7 @@ impl Engine {
             }
             Resync if self.mode == Mode::Resyncing && !self.target.is_done() => {
                 self.check_range(h)?;
-                let k = self.new_peer_op(Origin::Resync, Upd::Write, h, Data::default());
-                self.target.copy_started();
-                self.enqueue_apply_from(io, k, (0, 0), payload);
+                self.take_copy(io, h, payload);
             }
             ResyncDone if self.mode == Mode::Resyncing && !self.target.is_done() => {
                 self.target.done_received(h.seq);

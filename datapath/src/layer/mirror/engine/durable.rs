@@ -37,8 +37,9 @@
 //!   fence; a fenced site acknowledges nothing, so there is nothing to protect), **resyncing**
 //!   (a crash restarts the target from its earlier non-serving state, or once this one is on
 //!   disk fenced, announcing replica state 3 again, which receives in every session
-//!   (restore.rs); the survivor's session resyncs it again; the window where an *operator* could take over a half-copied
-//!   replica from that older state is a few milliseconds, see docs/architecture.md). The end
+//!   (restore.rs); the survivor's session resyncs it again; no copy is applied before it is
+//!   on disk (`Engine::take_copy`): restarted from the older state, the replica is as it was,
+//!   never half-copied under a state that may make it a reconciliation's source). The end
 //!   of a received resync is written lazily too (restarting as "resyncing" only means being
 //!   resynced again), but as any site that mirrors again its answers wait for it (above).
 //!

@@ -262,7 +262,8 @@ impl Engine {
     }
     /// A local apply (write, write-zeroes, unmap, compare-and-write of an update, or a resync
     /// copy) that has not completed for half the peer timeout while the peer is there to take
-    /// over (the pair mirroring in sync, the link up, a witness configured): the device is
+    /// over (the pair mirroring in sync, or this site a resync target that has RESYNC_DONE,
+    /// its closing flush watched too; the link up, a witness configured): the device is
     /// treated as failed, as if it had returned an error ([`Engine::fail_replica`]: this site serves no I/O, withdraws its
     /// claim at the witness, and the peer, granted, acknowledges alone). A slow or hung sector
     /// would otherwise hold every later update of the volume at both sites (each site's
@@ -270,12 +271,15 @@ impl Engine {
     /// all with EIO. Alone (no link, or no witness to hand the volume over) a slow device is
     /// waited for: failing it would stop the volume.
     pub(super) fn check_slow_apply(&mut self, now: Instant) {
-        // (Only while mirroring in sync: a survivor or resync source is the volume's only
-        // whole copy, and a resync target serves nothing anyway.)
+        // (Only while mirroring in sync, or as a resync target once RESYNC_DONE came: its
+        // source then holds its hosts' writes until this site confirms, so a slow copy or
+        // closing flush here would hold them until they fail. A survivor or resync source is
+        // the volume's only whole copy; a target before RESYNC_DONE holds nothing back.)
+        let target_holding = self.mode == Mode::Resyncing && self.target.is_done();
         if !self.sess.up
             || self.cfg.failover.is_none()
             || self.failed.is_some()
-            || self.mode != Mode::Mirroring
+            || !(self.mode == Mode::Mirroring || target_holding)
         {
             self.slow_watch.clear();
             return;
@@ -285,7 +289,8 @@ impl Engine {
         let mut slow = None;
         let mut watched = 0;
         for (slot, ticket, a) in self.aq.running() {
-            if matches!(self.ops[a.op].upd, Upd::Flush | Upd::ResyncRead) {
+            let upd = self.ops[a.op].upd;
+            if upd == Upd::ResyncRead || (upd == Upd::Flush && !target_holding) {
                 continue;
             }
             if seen.len() <= slot {

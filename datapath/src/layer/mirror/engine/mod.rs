@@ -64,20 +64,22 @@
 //! - `dispatch.rs`, `flow.rs`, `alone.rs`: the engine's routing (not parts): link up/down,
 //!   every message to its part and metadata commands; an update's path through the leader,
 //!   the follower, the session and the apply queue; serving alone, fencing and resyncs over
-//!   the region maps.
+//!   the region maps; `deadline.rs`, requests held past the peer timeout and a stop's
+//!   deadline.
 //! - `tests/`: two engines back to back (random traffic, failover, forwards, metadata).
 //!
 //! Routing: a part never calls another part or the engine. It takes what it needs as
 //! arguments (the op slab read-only, the dirty map lent, the applied watermark, the session
 //! number) and returns what the engine must do next (op keys, `Next`, `Grant`, `Resent`,
 //! answers, verdicts). Only the engine (`impl Engine`: this file, `dispatch.rs`, `flow.rs`,
-//! `alone.rs`) calls parts and carries out what they return. The engine itself keeps the
+//! `alone.rs`, `deadline.rs`) calls parts and carries out what they return. The engine itself keeps the
 //! ops, the local replica's channel and the replica state that `persist`/`restore` read and
 //! write (mode, grant epoch, dirty, written and suspect maps, the resync's copied map).
 
 mod actlog;
 mod alone;
 mod apply;
+mod deadline;
 mod dispatch;
 mod durable;
 mod failed;
@@ -447,7 +449,11 @@ impl Engine {
         if m == Mode::Mirroring {
             self.al_mirroring();
         }
-        self.target.half_copied &= m == Mode::Fenced;
+        // A resync target that leaves the resync fenced (its replica failed) is half-copied
+        // as well: it says 3 until a resync to it completes, never 2 (the leader of two fenced
+        // sites is the source of their session).
+        self.target.half_copied =
+            (self.target.half_copied || self.mode == Mode::Resyncing) && m == Mode::Fenced;
         self.mode = m;
         self.stats.set_mode(m);
         self.publish_lease();
@@ -734,7 +740,7 @@ impl Engine {
                 // acknowledged writes.)
                 self.give_up_held();
                 self.set_mode(Mode::Resyncing);
-                self.target.start();
+                self.start_target();
                 self.link_up(io);
                 self.send_suspect();
                 tracing::warn!(volume = %self.cfg.name,
@@ -789,34 +795,6 @@ impl Engine {
         }
     }
 
-    /// The daemon is stopping. A leader stops taking the follower's new forwarded updates (the
-    /// follower holds them and fails them on its timeout; neither replica applies them), so
-    /// its engine can become idle and its link close while the follower keeps writing.
-    pub fn begin_drain(&mut self) {
-        if !self.draining {
-            self.draining = true;
-            tracing::info!(volume = %self.cfg.name, "mirror: stopping; no new forwarded updates are taken");
-        }
-    }
-
-    /// The stop deadline passed: answer every request still waiting with EIO (the data may or
-    /// may not be on the replicas, as for any failed write), so the reactor can exit.
-    pub fn abort_requests(&mut self) {
-        let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
-        for k in keys {
-            if let Some((from, tag)) = self.ops[k].initiator.take() {
-                self.done.push((from, tag, Err(Errno::IO)));
-            }
-        }
-        if let Some(r) = self.resync.as_mut() {
-            r.drop_deferred();
-        }
-        for (from, tag, _) in std::mem::take(&mut self.alone_held) {
-            self.done.push((from, tag, Err(Errno::IO)));
-        }
-        self.fail_metas();
-    }
-
     /// Published counters.
     pub fn stats(&self) -> &MirrorStats {
         &self.stats
@@ -836,6 +814,7 @@ impl Engine {
         self.failover_tick(io);
         self.switch_tick(io, now);
         self.release_alone(now);
+        self.release_waiting_copies(io);
         self.resync_step(io, now);
         self.expire(now);
         self.release_room_wait(io);
@@ -1305,7 +1284,7 @@ impl Engine {
                 if self.ops[k].session == self.sess.number
                     && let Some(rs) = self.resync.as_mut()
                 {
-                    rs.read_done();
+                    rs.read_done(ap.offset);
                 }
                 let this_attempt = self.sess.up && self.ops[k].session == self.sess.number;
                 if let (Err(e), true) = (r, this_attempt)
@@ -1339,10 +1318,11 @@ impl Engine {
                 // (A copy, or the closing flush, of an earlier attempt, from an earlier
                 // session, is not this one's.)
                 if upd == Upd::Flush && self.resync.is_some() {
-                    self.resync_source_flushed(io, r.is_ok());
+                    self.resync_source_flushed(io, k, r.is_ok());
                 } else if upd == Upd::Flush {
                     self.target.flush_done(r.is_ok());
-                } else {
+                } else if r.is_ok() {
+                    // (A failed copy is never counted: the replica fails below.)
                     self.target.copy_applied();
                 }
                 self.maybe_end_resync_target(io);
@@ -1419,69 +1399,6 @@ impl Engine {
         if finished {
             let op = self.ops.remove(k);
             self.recycle(op.data);
-        }
-    }
-
-    /// Fail initiators whose requests waited longer than the peer timeout.
-    pub fn expire(&mut self, now: Instant) {
-        for (from, tag) in self.metas.expire(now) {
-            // A wait's entry stays for the answer; a held command is dropped (see `MetaRepl`).
-            self.stats.inc(&self.stats.timeouts);
-            self.done.push((from, tag, Err(Errno::IO)));
-        }
-        let mut expired = Vec::new();
-        for (k, op) in self.ops.iter() {
-            if op.initiator.is_some() && op.deadline <= now && op.origin == Origin::Local {
-                expired.push(k);
-            }
-        }
-        if expired.is_empty() {
-            return;
-        }
-        if !self.held_logged {
-            self.held_logged = true;
-            tracing::error!(volume = %self.cfg.name, failed = expired.len(),
-                timeout_ms = self.cfg.peer_timeout.as_millis() as u64,
-                "mirror: peer unreachable; failing held requests (never acknowledged on one site only)");
-        }
-        for k in expired {
-            self.stats.inc(&self.stats.timeouts);
-            if self.expire_held(k) {
-                continue;
-            }
-            let (from, tag) = self.ops[k].initiator.take().expect("checked");
-            self.done.push((from, tag, Err(Errno::IO)));
-            if self.al.unwait_alone(k) {
-                // Waited for the survivor state on disk: applied nowhere, dropped.
-                let op = self.ops.remove(k);
-                self.recycle(op.data);
-                continue;
-            }
-            if self.resync.as_mut().is_some_and(|r| r.undefer(k)) {
-                // Deferred by a resync's last pass: applied nowhere, dropped (the resync's
-                // end must not start a key that may be another op's by then).
-                let op = self.ops.remove(k);
-                self.recycle(op.data);
-                continue;
-            }
-            if self.role == Role::Leader && self.leader.unwait(k) {
-                // Never sequenced (it waited in the barrier, e.g. for room in the backlog):
-                // applied nowhere, dropped, so a follower that stays slow does not make
-                // the waiting updates pile up.
-                let op = self.ops.remove(k);
-                self.recycle(op.data);
-                continue;
-            }
-            if self.role == Role::Follower && !self.sess.up && self.follower.remove(k) {
-                // Not re-sent: if the leader sequenced it, the leader re-sends it itself.
-                self.ops[k].stage.abandon();
-            }
-            // A flush stays outstanding while the link is up: its FLUSH_DONE will come and must
-            // find it (its id must not be reused meanwhile). A new session re-sends it.
-            if !self.sess.up && self.flushes.remove(k) {
-                self.ops[k].stage.abandon();
-            }
-            self.settle(k);
         }
     }
 }

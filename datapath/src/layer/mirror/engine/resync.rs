@@ -29,6 +29,13 @@
 //!   read of it succeeds, and is read again [`RETRY`] later; no last pass starts while any
 //!   region is unreadable or a retried read of one is in flight (updates are never held
 //!   behind a read that may fail again, slowly) and RESYNC_DONE is not sent.
+//! - The last pass holds the hosts' writes only behind reads that are not slow: once a read
+//!   in flight has taken [`ResyncSource::hold_limit`] (half the peer timeout), the last pass
+//!   ends and its deferred updates go ahead alone ([`ResyncSource::release_if_slow`]), and
+//!   no last pass starts while such a read is in flight (a slow device at the source would
+//!   otherwise make its hosts' writes, to any region, fail at the peer timeout). A closing
+//!   flush that has taken that long is given up as a failed one; only the attempt's current
+//!   flush (`flush_op`) may send RESYNC_DONE.
 
 use super::RegionMap;
 use std::collections::VecDeque;
@@ -58,8 +65,11 @@ pub(super) enum Next {
 pub(super) struct ResyncSource {
     /// Next bitmap bit to look at in this pass.
     cursor: u64,
-    /// Region reads in flight.
-    reads: u32,
+    /// Region reads in flight: each one's offset and start.
+    reading: Vec<(u64, Instant)>,
+    /// How long the last pass holds the hosts' writes behind a read in flight (the engine
+    /// sets half its peer timeout).
+    pub(super) hold_limit: std::time::Duration,
     /// Last pass: new updates wait (deferred) so the dirty set can drain to empty.
     last_pass: bool,
     pub(super) deferred: VecDeque<usize>,
@@ -78,6 +88,10 @@ pub(super) struct ResyncSource {
     /// alone is durable here before the target forgets nothing is missing), RESYNC_DONE
     /// follows when it succeeds.
     flushing: bool,
+    /// When the closing flush was decided, and the engine's op for it: only that op's answer
+    /// is this attempt's (one given up as slow, [`Self::release_if_slow`], may end later).
+    flushing_since: Option<Instant>,
+    pub(super) flush_op: Option<usize>,
     /// RESYNC_DONE is sent: nothing more to copy, waiting for the target's confirmation.
     done_sent: bool,
     /// A source without a grant: RESYNC_DONE waits until this persister generation (its
@@ -95,7 +109,8 @@ impl ResyncSource {
     pub(super) fn new(size: u64, g: u64, now: Instant) -> Self {
         Self {
             cursor: 0,
-            reads: 0,
+            reading: Vec::new(),
+            hold_limit: std::time::Duration::from_secs(5),
             last_pass: false,
             deferred: VecDeque::new(),
             budget: 0.0,
@@ -105,6 +120,8 @@ impl ResyncSource {
             also_done: false,
             copied: RegionMap::new(size, g),
             flushing: false,
+            flushing_since: None,
+            flush_op: None,
             done_sent: false,
             done_gate: None,
             unreadable: RegionMap::new(size, g),
@@ -196,9 +213,47 @@ impl ResyncSource {
         self.deferred.clear();
     }
 
-    /// A region read of this attempt finished.
-    pub(super) fn read_done(&mut self) {
-        self.reads = self.reads.saturating_sub(1);
+    /// The read of this attempt's region at `offset` finished.
+    pub(super) fn read_done(&mut self, offset: u64) {
+        // (Reads of one region complete in the order they started: the apply queue orders
+        // them.)
+        let oldest = self
+            .reading
+            .iter()
+            .enumerate()
+            .filter(|(_, (o, _))| *o == offset)
+            .min_by_key(|(_, (_, t))| *t)
+            .map(|(i, _)| i);
+        if let Some(i) = oldest {
+            self.reading.swap_remove(i);
+        }
+    }
+
+    /// A read in flight has taken [`Self::hold_limit`] by `now`.
+    fn slow_read(&self, now: Instant) -> bool {
+        self.reading
+            .iter()
+            .any(|&(_, t)| now.saturating_duration_since(t) >= self.hold_limit)
+    }
+
+    /// In the last pass, before its end (nothing flushing or sent), a read in flight has
+    /// been slow (see the module doc): the last pass ends, and the updates it held are
+    /// returned, to go ahead alone. Likewise a closing flush that has taken the hold limit:
+    /// given up as a failed one is ([`Self::flush_failed`]: tried again [`RETRY`] later,
+    /// RESYNC_DONE only after a good one), its late answer no longer this attempt's.
+    pub(super) fn release_if_slow(&mut self, now: Instant) -> VecDeque<usize> {
+        if self.last_pass && !self.flushing && !self.done_sent && self.slow_read(now) {
+            self.last_pass = false;
+            return std::mem::take(&mut self.deferred);
+        }
+        let slow_flush = self
+            .flushing_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.hold_limit);
+        if self.flushing && !self.done_sent && slow_flush {
+            self.flush_op = None;
+            return self.flush_failed(now);
+        }
+        VecDeque::new()
     }
 
     /// The last pass runs (new updates wait for it): never paused.
@@ -235,7 +290,11 @@ impl ResyncSource {
         now: Instant,
         writes_in_flight: impl FnOnce() -> bool,
     ) -> Next {
-        if self.done_sent || self.flushing || self.budget <= 0.0 || self.reads >= MAX_READS {
+        if self.done_sent
+            || self.flushing
+            || self.budget <= 0.0
+            || self.reading.len() >= MAX_READS as usize
+        {
             return Next::Stop;
         }
         let Some(b) = dirty.next_set(self.cursor) else {
@@ -259,8 +318,13 @@ impl ResyncSource {
                 // behind it.
                 return Next::Stop;
             }
+            if self.slow_read(now) {
+                // A slow read in flight: no last pass (it would hold the hosts' writes
+                // behind it; one running ended with `release_if_slow`).
+                return Next::Stop;
+            }
             let empty = dirty.none();
-            if !empty || self.reads > 0 {
+            if !empty || !self.reading.is_empty() {
                 // A whole pass is done: the next is the last one, new updates wait. (Waiting
                 // for the copies in flight without it never ended under a writer that keeps
                 // the same regions dirty: every pass ended with the map empty and its last
@@ -273,14 +337,18 @@ impl ResyncSource {
                 self.last_pass = true;
                 return Next::Stop;
             }
-            return if writes { Next::Stop } else { Next::Finish };
+            if writes {
+                return Next::Stop;
+            }
+            self.flushing_since = Some(now);
+            return Next::Finish;
         };
         self.cursor = b + 1;
         dirty.clear_bit(b);
         let offset = b * g;
         let len = g.min(size - offset);
         self.copied.set_range(offset, len);
-        self.reads += 1;
+        self.reading.push((offset, now));
         self.budget -= len as f64;
         self.total += len;
         Next::Read { offset, len }
@@ -322,11 +390,18 @@ pub(super) struct ResyncTarget {
     done: bool,
     /// The source's witness grant epoch, from its RESYNC_DONE (0: none).
     pub(super) source_epoch: u64,
+    /// The generation of this site's "resyncing" state (0: none to wait for), and the copies
+    /// that came before it was on disk, applied once it is, in arrival order: until then the
+    /// state file says what the site was before (fenced, in sync), and a crash with copies
+    /// applied would restart it so with a half-copied replica (`Engine::take_copy`).
+    pub(super) gate: u64,
+    pub(super) waiting: VecDeque<(super::Header, Vec<u8>)>,
     /// The replica's flush after the last copy: started, and finished well.
     flushing: bool,
     flushed: bool,
-    /// Restored from a state saved as resyncing (restore.rs): the replica is half-copied, so
-    /// the site, fenced, announces and saves state 3 until its mode changes or a resync to it
+    /// Restored from a state saved as resyncing (restore.rs), or fenced out of a resync it
+    /// received (its replica failed; `Engine::set_mode`): the replica is half-copied, so the
+    /// site, fenced, announces and saves state 3 until its mode changes or a resync to it
     /// starts (never 2: the leader of two fenced sites is the source of their session).
     pub(super) half_copied: bool,
 }
@@ -410,8 +485,8 @@ mod tests {
         // The target's list has not ended: no last pass.
         assert_eq!(r.next(&mut dirty, G, 16 * G, t, || false), Next::Stop);
         r.list_ended();
-        for _ in 0..3 {
-            r.read_done();
+        for (offset, _) in reads {
+            r.read_done(offset);
         }
         assert!(!r.defer(7), "not the last pass yet");
         assert_eq!(r.next(&mut dirty, G, 16 * G, t, || false), Next::Stop);
@@ -442,7 +517,7 @@ mod tests {
                 len: G
             }
         );
-        r.read_done();
+        r.read_done(3 * G);
         assert_eq!(r.next(&mut dirty, G, 16 * G, t, || false), Next::Stop);
         assert!(r.defer(7), "the last pass");
         dirty.set_range(3 * G, G);
@@ -453,7 +528,7 @@ mod tests {
                 len: G
             }
         );
-        r.read_done();
+        r.read_done(3 * G);
         // Its read fails: the held update goes ahead, nothing more is held.
         assert_eq!(r.read_failed(3 * G, G, t), VecDeque::from([7]));
         assert_eq!(r.unreadable_bytes(), G);
@@ -483,7 +558,7 @@ mod tests {
             assert!(!r.defer(8), "a last pass behind the retried read");
         }
         assert_eq!(r.unreadable_bytes(), G, "shown until a read succeeds");
-        r.read_done();
+        r.read_done(3 * G);
         r.read_ok(3 * G, G);
         assert_eq!(r.unreadable_bytes(), 0);
         assert_eq!(r.next(&mut dirty, G, 16 * G, later, || false), Next::Stop);
@@ -497,6 +572,38 @@ mod tests {
         assert_eq!(r.next(&mut dirty, G, 16 * G, last, || false), Next::Stop);
         assert_eq!(r.next(&mut dirty, G, 16 * G, last, || false), Next::Stop);
         assert_eq!(r.next(&mut dirty, G, 16 * G, last, || false), Next::Finish);
+    }
+
+    #[test]
+    fn a_slow_read_ends_the_last_pass_and_none_starts_behind_it() {
+        let t = Instant::now();
+        let mut r = source(t);
+        r.refill(t + std::time::Duration::from_secs(1), 1 << 30, G);
+        r.list_ended();
+        r.hold_limit = std::time::Duration::from_secs(5);
+        let mut dirty = RegionMap::new(16 * G, G);
+        dirty.set_range(3 * G, G);
+        assert!(matches!(
+            r.next(&mut dirty, G, 16 * G, t, || false),
+            Next::Read { .. }
+        ));
+        // The pass ends with the read in flight: the last pass, an update held.
+        assert_eq!(r.next(&mut dirty, G, 16 * G, t, || false), Next::Stop);
+        assert!(r.defer(7));
+        assert!(r.release_if_slow(t).is_empty(), "not slow yet");
+        // The read takes the hold limit: the held update goes, none more is held while it
+        // is in flight.
+        let later = t + r.hold_limit;
+        assert_eq!(r.release_if_slow(later), VecDeque::from([7]));
+        for _ in 0..3 {
+            assert_eq!(r.next(&mut dirty, G, 16 * G, later, || false), Next::Stop);
+            assert!(!r.defer(8), "a last pass behind the slow read");
+        }
+        // It completes: the last pass, then the end.
+        r.read_done(3 * G);
+        assert_eq!(r.next(&mut dirty, G, 16 * G, later, || false), Next::Stop);
+        assert!(r.defer(9));
+        assert_eq!(r.next(&mut dirty, G, 16 * G, later, || false), Next::Finish);
     }
 
     #[test]

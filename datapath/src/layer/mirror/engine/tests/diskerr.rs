@@ -699,3 +699,466 @@ fn an_update_expired_while_waiting_for_the_survivor_state_leaves_that_wait() {
         "applied after its timeout"
     );
 }
+
+/// A resync target whose device fails a copy takes its replica out of service half-copied. It
+/// must say so (replica state 3, as when it restarts in the middle of a resync), never plain
+/// "fenced" (2): two fenced sites reconcile from the leader, and a half-copied leader would
+/// copy its stale regions over its source's acknowledged writes. Here the leader a is a new
+/// replica, b (in sync) the source of its first sync, without a grant; a's copy of one region
+/// fails after b sent RESYNC_DONE, the link goes with a's replica, b asks the witness, which
+/// does not grant it (unreachable from b, say), and b fences. Restarted with a working device,
+/// a must receive again. (Before, a said 2 and, the leader, reconciled from its half-copied
+/// replica: b's acknowledged write at 16384 was overwritten with a's zeroes.)
+#[test]
+fn a_target_failing_during_its_resync_is_never_the_source_of_the_next_session() {
+    use crate::layer::mirror::failover::DENIED;
+    let mut p = pair();
+    let mut slot = 100;
+    write_at(&mut p.b, &mut p.io, &mut slot, 16384, 0x22, 8192);
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert_eq!(p.b.ok, 1);
+    // a restarts without its state over an empty device: a new replica.
+    break_link(&mut p.a, &mut p.b);
+    let disk = Rc::clone(&p.a.disk);
+    let a = std::mem::replace(&mut p.a, site(Role::Leader, Duration::from_secs(60)));
+    drop(a);
+    std::fs::remove_file(p.dir.path().join("a")).unwrap();
+    disk.borrow_mut().bytes.fill(0);
+    p.a = restart(
+        Site {
+            disk,
+            ..site(Role::Leader, Duration::from_secs(60))
+        },
+        Role::Leader,
+        p.dir.path(),
+        "a",
+    );
+    assert_eq!(p.a.engine.replica_state(), 4);
+    p.a.disk.borrow_mut().fail = Some((16384, 4096));
+    redial_pair(&mut p);
+    assert_eq!(p.a.engine.mode(), Mode::Resyncing);
+    // The copy, a's device operations left pending, until b's RESYNC_DONE is out.
+    let mut sent = false;
+    for _ in 0..100 {
+        let now = Instant::now();
+        p.a.engine.tick(&mut p.io, now);
+        p.b.engine.tick(&mut p.io, now);
+        deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX);
+        deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX);
+        while complete_one(&mut p.b, &mut p.io, &mut p.rng) {}
+        assert!(p.b.engine.wait_persisted());
+        p.b.engine.poll_durable();
+        if p.b
+            .engine
+            .resync
+            .as_ref()
+            .is_some_and(|r| r.awaiting_ack() && r.done_gate.is_none())
+        {
+            sent = true;
+            break;
+        }
+    }
+    assert!(sent, "RESYNC_DONE never sent");
+    deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX);
+    // a's copies land, one failing: its replica is out of service, the link dropped.
+    while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
+    assert!(p.a.engine.replica_failed().is_some());
+    assert!(p.a.engine.kill_link.take().is_some());
+    break_link(&mut p.a, &mut p.b);
+    assert_eq!(
+        p.a.engine.replica_state(),
+        3,
+        "a half-copied target that failed says it is fenced"
+    );
+    // b, unsure whether a finished, asks the witness, which does not grant it: fenced.
+    let now = Instant::now();
+    p.b.engine.tick(&mut p.io, now);
+    p.b.engine.tick(&mut p.io, now);
+    assert!(p.sb.want.load(SeqCst), "b never asked the witness");
+    p.sb.outcome.store(DENIED, SeqCst);
+    p.b.engine.tick(&mut p.io, now);
+    assert_eq!(p.b.engine.mode(), Mode::Fenced);
+    assert!(p.a.engine.wait_persisted() && p.b.engine.wait_persisted());
+    // a restarts with a working device; the link returns.
+    let a = std::mem::replace(&mut p.a, site(Role::Leader, Duration::from_secs(60)));
+    p.a = restart(a, Role::Leader, p.dir.path(), "a");
+    assert_eq!(p.a.engine.replica_state(), 3, "restarted as fenced");
+    redial_pair(&mut p);
+    assert_eq!(p.a.engine.mode(), Mode::Resyncing, "a is the source");
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
+    for (off, byte) in [(0usize, 0x11u8), (16384, 0x22), (20480, 0x22)] {
+        assert_eq!(
+            p.b.disk.borrow().bytes[off],
+            byte,
+            "acknowledged write at {off}"
+        );
+    }
+}
+
+/// The resync target's device is slow (its copies do not complete) once RESYNC_DONE has come:
+/// the source defers its hosts' writes until the target confirms (RESYNC_DONE_ACK), so they
+/// would wait for that slow device and fail at the peer timeout, the volume taking no write
+/// although its only current copy is healthy. As a mirroring site whose apply is slow, the
+/// target takes its replica out of service at half the peer timeout: the source goes on alone
+/// and acknowledges the write in time; the target, restarted with a quick device, is
+/// resynced. Real time (a 2 s peer timeout): the link's heartbeats run as in a daemon.
+#[test]
+fn a_slow_target_after_resync_done_never_makes_the_sources_writes_time_out() {
+    let mut p = survivor_a();
+    for s in [&mut p.a, &mut p.b] {
+        s.engine.cfg.peer_timeout = Duration::from_secs(2);
+    }
+    redial_pair(&mut p);
+    // The copy runs; the target's device never completes a copy.
+    let mut done = false;
+    for _ in 0..50 {
+        let now = Instant::now();
+        p.a.engine.tick(&mut p.io, now);
+        p.b.engine.tick(&mut p.io, now);
+        deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX);
+        deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX);
+        while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
+        assert!(p.a.engine.wait_persisted() && p.b.engine.wait_persisted());
+        p.a.engine.poll_durable();
+        // (b's copies reach its device once its "resyncing" state is on disk.)
+        p.b.engine.tick(&mut p.io, Instant::now());
+        collect(&mut p.a);
+        if p.b.engine.target.is_done() {
+            done = true;
+            break;
+        }
+        std::thread::sleep(ACK_WINDOW);
+    }
+    assert!(done, "RESYNC_DONE never reached the target");
+    assert!(!p.b.disk.borrow().pending.is_empty(), "no copy is slow");
+    assert!(p.a.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()));
+    let (ok, failed) = (p.a.ok, p.a.failed);
+    let mut slot = 300;
+    write_at(&mut p.a, &mut p.io, &mut slot, 20480, 0x77, 4096);
+    assert_eq!(
+        p.a.engine.resync.as_ref().map(|r| r.deferred.len()),
+        Some(1),
+        "the write is not deferred by the last pass"
+    );
+    // Both sites' reactors run (heartbeats answered), the target's copies stay slow.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.a.outstanding > 0 && Instant::now() < deadline {
+        let now = Instant::now();
+        p.a.engine.tick(&mut p.io, now);
+        p.b.engine.tick(&mut p.io, now);
+        if p.a.engine.kill_link.take().is_some() | p.b.engine.kill_link.take().is_some() {
+            break_link(&mut p.a, &mut p.b);
+        }
+        if p.a.engine.is_up() {
+            // (The link layer notes each arrival: the heartbeats keep the link up.)
+            if deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX) > 0 {
+                p.b.engine.last_rx = Instant::now();
+            }
+            if deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX) > 0 {
+                p.a.engine.last_rx = Instant::now();
+            }
+        }
+        p.a.engine.poll_actlog(&mut p.io);
+        while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
+        assert!(p.a.engine.wait_persisted());
+        p.a.engine.poll_durable();
+        collect(&mut p.a);
+        assert!(
+            !p.b.engine.may_read(Instant::now()),
+            "the target serves reads without its copies"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        (p.a.ok, p.a.failed),
+        (ok + 1, failed),
+        "the source's write waited for the slow target and failed"
+    );
+    assert_eq!(p.a.engine.mode(), Mode::Survivor);
+    assert!(
+        p.b.engine.replica_failed().is_some(),
+        "the slow target still holds the source"
+    );
+    // Repaired and restarted, the target is resynced: the two replicas the same, the write
+    // read back from both.
+    let b = std::mem::replace(&mut p.b, site(Role::Follower, Duration::from_secs(60)));
+    p.b = restart(b, Role::Follower, p.dir.path(), "b");
+    redial_pair(&mut p);
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
+    assert_eq!(p.b.disk.borrow().bytes[20480], 0x77);
+}
+
+/// A resync source's own device is slow on a region it copies (the read does not complete)
+/// while the copy is in its last pass, which defers the hosts' writes until the resync ends:
+/// a write to another region must not wait for that read and fail at the peer timeout (the
+/// source is the only current copy, and healthy there). Real time (a 2 s peer timeout), the
+/// link's heartbeats running as in a daemon.
+#[test]
+fn a_slow_read_at_the_source_never_makes_its_writes_time_out() {
+    let mut p = survivor_a();
+    for s in [&mut p.a, &mut p.b] {
+        s.engine.cfg.peer_timeout = Duration::from_secs(2);
+    }
+    to_last_pass(&mut p);
+    assert!(!p.a.disk.borrow().pending.is_empty(), "no read in flight");
+    let (ok, failed) = (p.a.ok, p.a.failed);
+    let mut slot = 300;
+    write_at(&mut p.a, &mut p.io, &mut slot, 20480, 0x77, 4096);
+    assert_eq!(
+        p.a.engine.resync.as_ref().map(|r| r.deferred.len()),
+        Some(1),
+        "the write is not deferred by the last pass"
+    );
+    // The reads in flight stay slow; every other operation of a's device completes.
+    let slow: Vec<u32> = p.a.disk.borrow().pending.iter().map(|x| x.0).collect();
+    run_with_slow_ops(&mut p, |op| slow.contains(&op.0));
+    assert_eq!(
+        (p.a.ok, p.a.failed),
+        (ok + 1, failed),
+        "the source's write waited for its slow resync read and failed"
+    );
+    assert_eq!(p.a.engine.mode(), Mode::Survivor);
+    assert_eq!(p.b.engine.mode(), Mode::Resyncing, "the target finished");
+    // The read completes: the resync ends, both replicas the same.
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
+    assert_eq!(p.b.disk.borrow().bytes[20480], 0x77);
+}
+
+/// A pending operation of the test disk: (slot, offset, data to write or none, length).
+type PendingOp = (u32, u64, Option<Vec<u8>>, usize);
+
+/// Real time, up to 5 s or until a's requests are all answered: both sites tick (their
+/// heartbeats answered, as the link layer notes each arrival), a link a site drops is broken,
+/// and every device operation finishes but those of a's that `slow` keeps pending.
+fn run_with_slow_ops(p: &mut Pair, slow: impl Fn(&PendingOp) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.a.outstanding > 0 && Instant::now() < deadline {
+        let now = Instant::now();
+        p.a.engine.tick(&mut p.io, now);
+        p.b.engine.tick(&mut p.io, now);
+        if p.a.engine.kill_link.take().is_some() | p.b.engine.kill_link.take().is_some() {
+            break_link(&mut p.a, &mut p.b);
+        }
+        if p.a.engine.is_up() {
+            if deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX) > 0 {
+                p.b.engine.last_rx = Instant::now();
+            }
+            if deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX) > 0 {
+                p.a.engine.last_rx = Instant::now();
+            }
+        }
+        p.a.engine.poll_actlog(&mut p.io);
+        loop {
+            let i = p.a.disk.borrow().pending.iter().position(|x| !slow(x));
+            let Some(i) = i else { break };
+            let (s, off, data, len) = p.a.disk.borrow_mut().pending.remove(i);
+            let range = off as usize..off as usize + len;
+            match data {
+                Some(d) => {
+                    p.a.disk.borrow_mut().bytes[range].copy_from_slice(&d);
+                    p.a.engine
+                        .apply_finished(&mut p.io, s as usize, Ok(()), &[]);
+                }
+                None => {
+                    let r = p.a.disk.borrow().bytes[range].to_vec();
+                    p.a.engine.apply_finished(&mut p.io, s as usize, Ok(()), &r);
+                }
+            }
+        }
+        while complete_one(&mut p.b, &mut p.io, &mut p.rng) {}
+        assert!(p.a.engine.wait_persisted() && p.b.engine.wait_persisted());
+        p.a.engine.poll_durable();
+        collect(&mut p.a);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A resync source's own device is slow to flush: its closing flush (before RESYNC_DONE,
+/// which waits for it) does not complete, and the last pass defers the hosts' writes behind
+/// it. As with a slow read, a write must not wait for it and fail at the peer timeout; the
+/// flush's late success must not send RESYNC_DONE for regions written since (they are
+/// copied first, after a good flush).
+#[test]
+fn a_slow_closing_flush_at_the_source_never_makes_its_writes_time_out() {
+    let mut p = survivor_a();
+    for s in [&mut p.a, &mut p.b] {
+        s.engine.cfg.peer_timeout = Duration::from_secs(2);
+    }
+    p.a.disk.borrow_mut().slow_flush = true;
+    redial_pair(&mut p);
+    let flushing = |p: &Pair| p.a.disk.borrow().pending.iter().any(|x| x.3 == 0);
+    for _ in 0..50 {
+        let now = Instant::now();
+        p.a.engine.tick(&mut p.io, now);
+        p.b.engine.tick(&mut p.io, now);
+        deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX);
+        deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX);
+        while p.a.disk.borrow().pending.iter().any(|x| x.3 > 0) {
+            complete_one(&mut p.a, &mut p.io, &mut p.rng);
+        }
+        while complete_one(&mut p.b, &mut p.io, &mut p.rng) {}
+        assert!(p.a.engine.wait_persisted());
+        if flushing(&p) {
+            break;
+        }
+        std::thread::sleep(ACK_WINDOW);
+    }
+    assert!(flushing(&p), "the closing flush never started");
+    let (ok, failed) = (p.a.ok, p.a.failed);
+    let mut slot = 300;
+    write_at(&mut p.a, &mut p.io, &mut slot, 20480, 0x77, 4096);
+    assert_eq!(
+        p.a.engine.resync.as_ref().map(|r| r.deferred.len()),
+        Some(1),
+        "the write is not deferred by the last pass"
+    );
+    let flush_slot =
+        p.a.disk
+            .borrow()
+            .pending
+            .iter()
+            .find(|x| x.3 == 0)
+            .unwrap()
+            .0;
+    run_with_slow_ops(&mut p, |op| op.0 == flush_slot);
+    assert_eq!(
+        (p.a.ok, p.a.failed),
+        (ok + 1, failed),
+        "the source's write waited for its slow flush and failed"
+    );
+    // Another write alone, applied before its region is read; then the slow flush succeeds
+    // late: no RESYNC_DONE while that write is copied to nobody yet.
+    write_at(&mut p.a, &mut p.io, &mut slot, 24576, 0x78, 4096);
+    while p.a.disk.borrow().pending.iter().any(|x| x.3 > 0) {
+        complete_one(&mut p.a, &mut p.io, &mut p.rng);
+    }
+    assert!(p.a.engine.wait_persisted());
+    p.a.engine.poll_durable();
+    p.a.engine.poll_actlog(&mut p.io);
+    while p.a.disk.borrow().pending.iter().any(|x| x.3 > 0) {
+        complete_one(&mut p.a, &mut p.io, &mut p.rng);
+    }
+    p.a.disk.borrow_mut().slow_flush = false;
+    while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
+    for _ in 0..5 {
+        p.a.engine.tick(&mut p.io, Instant::now());
+        deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX);
+        deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX);
+        while complete_one(&mut p.a, &mut p.io, &mut p.rng)
+            || complete_one(&mut p.b, &mut p.io, &mut p.rng)
+        {}
+        assert!(p.a.engine.wait_persisted() && p.b.engine.wait_persisted());
+        p.b.engine.tick(&mut p.io, Instant::now());
+        if p.b.engine.mode() == Mode::Mirroring {
+            for (off, byte) in [(20480usize, 0x77u8), (24576, 0x78)] {
+                assert_eq!(
+                    p.b.disk.borrow().bytes[off],
+                    byte,
+                    "the target finished without the write at {off}"
+                );
+            }
+        }
+    }
+    p.a.engine.retry_unreadable_now();
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
+    assert_eq!(p.b.disk.borrow().bytes[20480], 0x77);
+    assert_eq!(p.b.disk.borrow().bytes[24576], 0x78);
+}
+
+/// A resync target applies no copy before its "resyncing" state (replica state 3) is on disk.
+/// Its state file says fenced (2) until then, or in sync; a crash with copies applied would
+/// restart it from that state with a half-copied replica, which, as the leader of two fenced
+/// sites (or in sync beside a fenced peer), would be the source of the next session and copy
+/// its stale regions over the acknowledged writes of its source (as in
+/// `a_target_failing_during_its_resync_is_never_the_source_of_the_next_session`). Here the
+/// target's persister takes its time; the copies wait for it. (Before, they were applied at
+/// once.)
+#[test]
+fn a_resync_target_applies_no_copy_before_it_is_saved_as_resyncing() {
+    let mut p = survivor_a();
+    assert!(p.b.engine.wait_persisted());
+    let persister = p.b.engine.persister().expect("persister");
+    persister.hold(true);
+    redial_pair(&mut p);
+    assert_eq!(p.b.engine.mode(), Mode::Resyncing);
+    let before = p.b.disk.borrow().bytes.clone();
+    let on_disk = |p: &Pair| {
+        crate::layer::mirror::state::load(&p.dir.path().join("b"))
+            .unwrap()
+            .unwrap()
+            .mode
+    };
+    for _ in 0..20 {
+        let now = Instant::now();
+        p.a.engine.tick(&mut p.io, now);
+        p.b.engine.tick(&mut p.io, now);
+        deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX);
+        deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX);
+        while complete_one(&mut p.a, &mut p.io, &mut p.rng)
+            || complete_one(&mut p.b, &mut p.io, &mut p.rng)
+        {}
+        assert_eq!(on_disk(&p), 2, "the target's state on disk");
+        assert!(
+            p.b.disk.borrow().bytes == before,
+            "a copy was applied while the target's state on disk said fenced"
+        );
+        std::thread::sleep(ACK_WINDOW);
+    }
+    assert_eq!(p.b.engine.mode(), Mode::Resyncing);
+    persister.hold(false);
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
+    assert_eq!(p.b.disk.borrow().bytes[16384], 0x66);
+}
+
+/// The last copy of a resync fails at the target's device after RESYNC_DONE came, its flush
+/// completing within the call (a device that answers flushes at once). The failed copy must
+/// not count as applied: the target never calls itself in sync (nor learns the source's grant
+/// epoch, nor answers RESYNC_DONE_ACK) before its replica is taken out of service. (Before,
+/// the count reached zero, the flush ran and completed, and the target was "in sync" for a
+/// moment: its state handed to the persister as such, the source's epoch learned, the
+/// confirmation queued.)
+#[test]
+fn a_failed_last_copy_never_completes_the_resync_at_the_target() {
+    let mut p = survivor_a();
+    p.sb.view_epoch.store(1, SeqCst);
+    p.b.disk.borrow_mut().fail = Some((16384, 4096));
+    redial_pair(&mut p);
+    for _ in 0..50 {
+        let now = Instant::now();
+        p.a.engine.tick(&mut p.io, now);
+        p.b.engine.tick(&mut p.io, now);
+        deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX);
+        deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX);
+        while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
+        assert!(p.a.engine.wait_persisted() && p.b.engine.wait_persisted());
+        p.a.engine.poll_durable();
+        p.b.engine.tick(&mut p.io, Instant::now());
+        if p.b.engine.target.is_done() {
+            break;
+        }
+        std::thread::sleep(ACK_WINDOW);
+    }
+    assert!(p.b.engine.target.is_done(), "RESYNC_DONE never came");
+    assert!(
+        !p.b.disk.borrow().pending.is_empty(),
+        "the copy is not pending"
+    );
+    while complete_one(&mut p.b, &mut p.io, &mut p.rng) {}
+    assert!(p.b.engine.replica_failed().is_some());
+    assert_eq!(
+        p.sb.learned_epoch.load(SeqCst),
+        0,
+        "the source's epoch learned"
+    );
+    p.b.engine.take_outbox(&mut p.b.wire);
+    let mut at = 0;
+    while let wire::Decoded::Msg(h, r) = wire::decode(&p.b.wire[at..]) {
+        assert_ne!(h.ty, Type::ResyncDoneAck, "RESYNC_DONE_ACK queued");
+        at += r.end;
+    }
+}

@@ -31,6 +31,9 @@ struct Disk {
     lose_on_failed_flush: Option<(u64, u64)>,
     /// Writes complete inside the call (`Start::Done`), failing over `fail`.
     sync_writes: bool,
+    /// Flushes wait among the pending operations (an entry of no bytes at offset 0) instead
+    /// of finishing at once (a slow device, tests/diskerr.rs).
+    slow_flush: bool,
 }
 
 struct SlowChannel(Rc<RefCell<Disk>>);
@@ -61,7 +64,11 @@ impl Channel for SlowChannel {
             .push((tag.slot, offset, Some(data.to_vec()), data.len()));
         Start::Pending
     }
-    fn flush(&mut self, _: &mut IoCx, _: IoTag) -> Start {
+    fn flush(&mut self, _: &mut IoCx, tag: IoTag) -> Start {
+        if self.0.borrow().slow_flush {
+            self.0.borrow_mut().pending.push((tag.slot, 0, None, 0));
+            return Start::Pending;
+        }
         if self.0.borrow().fail_flush {
             let lose = self.0.borrow().lose_on_failed_flush;
             if let Some((o, l)) = lose {
@@ -118,6 +125,7 @@ fn site(role: Role, timeout: Duration) -> Site {
         fail_flush: false,
         lose_on_failed_flush: None,
         sync_writes: false,
+        slow_flush: false,
     }));
     let cfg = EngineConfig {
         name: "t".into(),
@@ -959,6 +967,7 @@ mod peercache;
 mod phasefault;
 mod restart_fence;
 mod restart_grant;
+mod resyncfuzz;
 mod resyncloss;
 mod takeover_flag;
 
