@@ -43,20 +43,20 @@ disconnect() {
         check "disconnect-$1-$2" FAIL "$c: $(tr '\n' ' ' < /tmp/nvme.out)"
     fi
 }
-# ana SITE: the ANA state of its path to the head
+# ana SITE [NSID]: the ANA state of its path to namespace NSID's head (default 1)
 ana() {
     eval "c=\$CTRL_$1"
-    for p in /sys/block/nvme*c*n1; do
+    for p in /sys/block/nvme*c*n"${2:-1}"; do
         [ -e "$p/device" ] || continue
         [ "$(basename "$(readlink -f "$p/device")")" = "$c" ] && cat "$p/ana_state" && return 0
     done
 }
-# wait_head: the namespace head's block device (nvmeXnY; a path's nvmeXcYnZ has no /dev node),
-# 15 s at most
+# wait_head [NSID]: the head's block device of namespace NSID (default 1; nvmeXnY: a path's
+# nvmeXcYnZ has no /dev node), 15 s at most
 wait_head() {
     j=0
     while [ $j -lt 150 ]; do
-        for d in /sys/block/nvme*n1; do
+        for d in /sys/block/nvme*n"${1:-1}"; do
             n=$(basename "$d")
             case "$n" in nvme*c*) continue ;; esac
             [ -e "$d" ] && echo "$n" && return 0

@@ -35,16 +35,8 @@ SWITCHAT=${tb_switchat:-1}
 CUTAT=${tb_cutat:-2}
 . /etc/twinblk/nvme-paths.sh
 
-# ana_ns SITE NSID: the ANA state of SITE's path to namespace NSID
-ana_ns() {
-    eval "c=\$CTRL_$1"
-    for p in /sys/block/nvme*c*n"$2"; do
-        [ -e "$p/device" ] || continue
-        [ "$(basename "$(readlink -f "$p/device")")" = "$c" ] && cat "$p/ana_state" && return 0
-    done
-}
 # paths: the four ANA states, "va a/b vb a/b"
-paths() { echo "va $(ana_ns a 1)/$(ana_ns b 1) vb $(ana_ns a 2)/$(ana_ns b 2)"; }
+paths() { echo "va $(ana a 1)/$(ana b 1) vb $(ana a 2)/$(ana b 2)"; }
 # wait_paths WANT TENTHS: until `paths` is WANT, TENTHS tenths of a second at most
 wait_paths() {
     j=0
@@ -53,20 +45,6 @@ wait_paths() {
         j=$((j + 1))
     done
     [ "$(paths)" = "$1" ]
-}
-# head_of NSID: the namespace head's block device (15 s at most)
-head_of() {
-    j=0
-    while [ $j -lt 150 ]; do
-        for d in /sys/block/nvme*n"$1"; do
-            n=$(basename "$d")
-            case "$n" in nvme*c*) continue ;; esac
-            [ -e "$d" ] && echo "$n" && return 0
-        done
-        sleep 0.1
-        j=$((j + 1))
-    done
-    return 1
 }
 ms_since() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN { printf "%d", (b - a) * 1000 }'; }
 # put FILE DEV I: MiB I of FILE written through DEV (flushed); a failure is added to FAILED
@@ -109,13 +87,13 @@ bg_stop() {
     [ -s "/tmp/failed-$1" ] && FAILED="$FAILED $2:$(tr '\n' ' ' < "/tmp/failed-$1")"
 }
 # b_optimized: a path through site b is still optimized
-b_optimized() { [ "$(ana_ns b 1)" = optimized ] || [ "$(ana_ns b 2)" = optimized ]; }
+b_optimized() { [ "$(ana b 1)" = optimized ] || [ "$(ana b 2)" = optimized ]; }
 
 MIRRORING="va non-optimized/optimized vb non-optimized/optimized"
 SPLIT="va optimized/inaccessible vb optimized/inaccessible"
 if connect a "$tb_porta" && connect b "$tb_portb"; then
-    HA=$(head_of 1)
-    HB=$(head_of 2)
+    HA=$(wait_head 1)
+    HB=$(wait_head 2)
     ctrls=$(ls /sys/class/nvme-subsystem/*/ 2>/dev/null | grep -cE '^nvme[0-9]+$')
     if [ -n "$HA" ] && [ -n "$HB" ] && [ "$ctrls" = 2 ] && wait_paths "$MIRRORING" 100; then
         check multipath PASS "heads /dev/$HA (va) and /dev/$HB (vb), 2 controllers; $(paths)"

@@ -62,36 +62,14 @@ fn the_granted_site_finishes_held_writes_and_the_other_fences() {
 /// and compared again there it would miscompare against itself): still an I/O error.
 #[test]
 fn a_fenced_site_answers_its_held_updates_unavailable_for_the_host_to_retry_at_the_winner() {
-    use crate::layer::mirror::failover::{DENIED, GRANTED};
-    use std::sync::atomic::Ordering::SeqCst;
     for grant_to_a in [true, false] {
-        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
-        let mut rng = Rng(11);
-        let (mut a, sa) = with_witness(Role::Leader);
-        let (mut b, sb) = with_witness(Role::Follower);
-        a.engine.link_up(&mut io);
-        b.engine.link_up(&mut io);
-        let mut slot = 0;
-        for s in [&mut a, &mut b] {
+        let (a, b, _io) = lose_peer_holding(grant_to_a, 11, 1, &mut |s, io, rng, slot| {
             for _ in 0..10 {
-                submit(s, &mut io, &mut rng, &mut slot);
+                submit(s, io, rng, slot);
             }
-            submit_caw(s, &mut io, &mut slot, 0);
-            flush_at(s, &mut io, &mut slot);
-        }
-        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
-        break_link(&mut a, &mut b);
-        let now = Instant::now();
-        both_ask(&mut a, &mut b, &mut io, now);
-        let (win, lose) = if grant_to_a { (&sa, &sb) } else { (&sb, &sa) };
-        win.epoch.store(1, SeqCst);
-        win.outcome.store(GRANTED, SeqCst);
-        lose.outcome.store(DENIED, SeqCst);
-        a.engine.tick(&mut io, now);
-        b.engine.tick(&mut io, now);
-        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
-        collect(&mut a);
-        collect(&mut b);
+            submit_caw(s, io, slot, 0);
+            flush_at(s, io, slot);
+        });
         let lose = if grant_to_a { &b } else { &a };
         assert_eq!(lose.engine.mode(), Mode::Fenced);
         assert_eq!(

@@ -561,18 +561,31 @@ fn past_peer_lease(s: &mut Site, io: &mut IoCx) {
 
 /// Run the link down with writes held at both sites, then let the witness answer.
 fn lose_peer(grant_to_a: bool) -> (Site, Site, IoCx) {
+    lose_peer_holding(grant_to_a, 5, 20, &mut |s, io, rng, slot| {
+        submit(s, io, rng, slot)
+    })
+}
+
+/// As [`lose_peer`], what each site holds when the link goes down submitted by `each` (`rounds`
+/// times at a, then at b; the generator seeded with `seed`).
+fn lose_peer_holding(
+    grant_to_a: bool,
+    seed: u64,
+    rounds: usize,
+    each: &mut dyn FnMut(&mut Site, &mut IoCx, &mut Rng, &mut u32),
+) -> (Site, Site, IoCx) {
     use super::super::failover::{DENIED, GRANTED};
     use std::sync::atomic::Ordering::SeqCst;
     let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
-    let mut rng = Rng(5);
+    let mut rng = Rng(seed);
     let (mut a, sa) = with_witness(Role::Leader);
     let (mut b, sb) = with_witness(Role::Follower);
     a.engine.link_up(&mut io);
     b.engine.link_up(&mut io);
     let mut slot = 0;
-    for _ in 0..20 {
-        submit(&mut a, &mut io, &mut rng, &mut slot);
-        submit(&mut b, &mut io, &mut rng, &mut slot);
+    for _ in 0..rounds {
+        each(&mut a, &mut io, &mut rng, &mut slot);
+        each(&mut b, &mut io, &mut rng, &mut slot);
     }
     while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
     a.engine.link_down("test");
