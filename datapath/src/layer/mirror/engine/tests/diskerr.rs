@@ -842,34 +842,17 @@ fn a_slow_target_after_resync_done_never_makes_the_sources_writes_time_out() {
         "the write is not deferred by the last pass"
     );
     // Both sites' reactors run (heartbeats answered), the target's copies stay slow.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while p.a.outstanding > 0 && Instant::now() < deadline {
-        let now = Instant::now();
-        p.a.engine.tick(&mut p.io, now);
-        p.b.engine.tick(&mut p.io, now);
-        if p.a.engine.kill_link.take().is_some() | p.b.engine.kill_link.take().is_some() {
-            break_link(&mut p.a, &mut p.b);
-        }
-        if p.a.engine.is_up() {
-            // (The link layer notes each arrival: the heartbeats keep the link up.)
-            if deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX) > 0 {
-                p.b.engine.last_rx = Instant::now();
-            }
-            if deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX) > 0 {
-                p.a.engine.last_rx = Instant::now();
-            }
-        }
-        p.a.engine.poll_actlog(&mut p.io);
-        while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
-        assert!(p.a.engine.wait_persisted());
-        p.a.engine.poll_durable();
-        collect(&mut p.a);
-        assert!(
-            !p.b.engine.may_read(Instant::now()),
-            "the target serves reads without its copies"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    run_with_slow_ops(
+        &mut p,
+        |_| false,
+        true,
+        |p| {
+            assert!(
+                !p.b.engine.may_read(Instant::now()),
+                "the target serves reads without its copies"
+            )
+        },
+    );
     assert_eq!(
         (p.a.ok, p.a.failed),
         (ok + 1, failed),
@@ -913,7 +896,7 @@ fn a_slow_read_at_the_source_never_makes_its_writes_time_out() {
     );
     // The reads in flight stay slow; every other operation of a's device completes.
     let slow: Vec<u32> = p.a.disk.borrow().pending.iter().map(|x| x.0).collect();
-    run_with_slow_ops(&mut p, |op| slow.contains(&op.0));
+    run_with_slow_ops(&mut p, |op| slow.contains(&op.0), false, |_| {});
     assert_eq!(
         (p.a.ok, p.a.failed),
         (ok + 1, failed),
@@ -932,8 +915,14 @@ type PendingOp = (u32, u64, Option<Vec<u8>>, usize);
 
 /// Real time, up to 5 s or until a's requests are all answered: both sites tick (their
 /// heartbeats answered, as the link layer notes each arrival), a link a site drops is broken,
-/// and every device operation finishes but those of a's that `slow` keeps pending.
-fn run_with_slow_ops(p: &mut Pair, slow: impl Fn(&PendingOp) -> bool) {
+/// and every device operation finishes but those of a's that `slow` keeps pending (and all of
+/// b's when `b_slow`); `check` looks at the pair after every turn.
+fn run_with_slow_ops(
+    p: &mut Pair,
+    slow: impl Fn(&PendingOp) -> bool,
+    b_slow: bool,
+    check: impl Fn(&Pair),
+) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while p.a.outstanding > 0 && Instant::now() < deadline {
         let now = Instant::now();
@@ -968,10 +957,11 @@ fn run_with_slow_ops(p: &mut Pair, slow: impl Fn(&PendingOp) -> bool) {
                 }
             }
         }
-        while complete_one(&mut p.b, &mut p.io, &mut p.rng) {}
+        while !b_slow && complete_one(&mut p.b, &mut p.io, &mut p.rng) {}
         assert!(p.a.engine.wait_persisted() && p.b.engine.wait_persisted());
         p.a.engine.poll_durable();
         collect(&mut p.a);
+        check(p);
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -1023,7 +1013,7 @@ fn a_slow_closing_flush_at_the_source_never_makes_its_writes_time_out() {
             .find(|x| x.3 == 0)
             .unwrap()
             .0;
-    run_with_slow_ops(&mut p, |op| op.0 == flush_slot);
+    run_with_slow_ops(&mut p, |op| op.0 == flush_slot, false, |_| {});
     assert_eq!(
         (p.a.ok, p.a.failed),
         (ok + 1, failed),
