@@ -651,7 +651,7 @@ pub(crate) fn split_guest(test: &str) {
             "kernel-log",
         ],
     );
-    // The switchover moved vb's leadership while the guest rewrote it (its 5 s window).
+    // The switchover moved vb's leadership while the guest rewrote it (its 3 s window).
     let (r, took) = switched.expect("the guest asked for the switchover");
     let vol = &r["result"]["volumes"][0];
     assert_eq!(

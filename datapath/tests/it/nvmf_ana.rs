@@ -424,8 +424,9 @@ fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
 /// fails, the paths stay as they were, and the switchover answers done within the guest's
 /// writes. The link is then cut among the guest's writes to both volumes; the witness grants each volume
 /// to its leader (site a), site b fences both and Linux must move their writes to site a, live
-/// paths it was not using, because site b answers the writes it held ANA Transition and then
-/// ANA Inaccessible (a media error would fail the guest's write). No write fails, both
+/// paths it was not using, because site b answers new commands ANA Transition while it waits
+/// for the witness and the writes it held ANA Inaccessible when it fences (a media error would
+/// fail the guest's write). No write fails, both
 /// patterns read back, the paths show both volumes at site a and, once the link is restored
 /// and site b caught up, the mirroring states again; both patterns then read back through
 /// site b alone. Last, site b is stopped cleanly (SIGTERM) among writes in flight there: none

@@ -201,7 +201,10 @@ impl Engine {
     fn fence_with(&mut self, why: &str, mark: impl FnOnce(&mut Self)) {
         self.fenced_unanswered = None;
         self.denied_by = None;
-        self.give_up_held();
+        // A survivor that fences (its grant released, its state unsavable) acknowledged writes
+        // the other site lacks: a host's retry there could be answered done for what is gone.
+        let retry_elsewhere = self.mode != Mode::Survivor;
+        self.give_up_held(retry_elsewhere);
         self.alone_after = None;
         for (from, tag, _) in std::mem::take(&mut self.alone_held) {
             self.done.push((from, tag, Err(Errno::IO)));
@@ -223,8 +226,10 @@ impl Engine {
     /// error, Linux failed the host's write: test
     /// `failover::a_fenced_site_answers_its_held_updates_unavailable_for_the_host_to_retry_at_the_winner`).
     /// A compare-and-write is answered EIO: its outcome is unknown, and done again where it
-    /// was applied it would miscompare against itself.
-    pub(super) fn give_up_held(&mut self) {
+    /// was applied it would miscompare against itself. Without `retry_elsewhere` (a survivor
+    /// fencing: the other site lacks what it acknowledged alone) everything is answered EIO
+    /// (test `durable::a_released_survivor_answers_what_it_held_with_eio_not_unavailable`).
+    pub(super) fn give_up_held(&mut self, retry_elsewhere: bool) {
         let mut suspect = self.take_suspect();
         // (With the peer's unflushed regions: handed over now, so forgotten there.)
         self.unconfirmed_into(&mut suspect);
@@ -244,7 +249,7 @@ impl Engine {
         for k in keys {
             let op = &mut self.ops[k];
             op.stage.confirm();
-            let e = if op.caw {
+            let e = if op.caw || !retry_elsewhere {
                 Errno::IO
             } else {
                 Errno::UNAVAILABLE

@@ -738,7 +738,7 @@ impl Engine {
                 // that was frozen while the peer became the survivor comes here without
                 // having fenced: re-sending its backlog would overwrite the survivor's newer
                 // acknowledged writes.)
-                self.give_up_held();
+                self.give_up_held(true);
                 self.set_mode(Mode::Resyncing);
                 self.start_target();
                 self.link_up(io);
@@ -752,7 +752,7 @@ impl Engine {
                 // and copy both sites' unconfirmed regions to the peer. Updates still held
                 // here (an in-sync site's backlog) have an unknown outcome: failed, and their
                 // regions copied too.
-                self.give_up_held();
+                self.give_up_held(true);
                 self.set_mode(Mode::Survivor);
                 self.session_start_source(io);
                 self.push_meta();
@@ -1252,7 +1252,7 @@ impl Engine {
         }
         // A device error where the peer takes over (`local_failure`): answered as the fence
         // answers what it held (`give_up_held`: unavailable; a compare-and-write EIO).
-        let handed_over = device && !self.only_current_copy();
+        let handed_over = device && !self.only_current_copy() && self.cfg.failover.is_some();
         {
             let op = &mut self.ops[k];
             op.applying -= 1;

@@ -292,6 +292,37 @@ fn a_survivor_trusted_without_the_witness_fences_at_its_first_answer_if_released
     assert!(!a.engine.stats().may_read());
 }
 
+/// A survivor whose grant an operator released fences with a write and a flush still at its
+/// device: they are answered EIO, not unavailable. The site granted now lacks the writes this
+/// one acknowledged alone, so a host's retry there (a flush answered done) would claim what
+/// is gone (unlike a site that fences while its peer holds everything it acknowledged:
+/// `failover::a_fenced_site_answers_its_held_updates_unavailable_...`).
+#[test]
+fn a_released_survivor_answers_what_it_held_with_eio_not_unavailable() {
+    use crate::layer::mirror::failover::{WITNESS_REACHABLE, WITNESS_UNREACHABLE};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, slot, mut io, mut rng, mut n) = restarted_survivor(dir.path());
+    slot.witness.store(WITNESS_UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, Instant::now());
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    collect(&mut a);
+    let (ok, errors) = (a.ok, a.errors.len());
+    // Held at the device when the release comes.
+    write_at(&mut a, &mut io, &mut n, 8192, 0x7C, 4096);
+    a.disk.borrow_mut().slow_flush = true;
+    flush_at(&mut a, &mut io, &mut n);
+    collect(&mut a);
+    assert_eq!((a.ok, a.disk.borrow().pending.len()), (ok, 2), "both held");
+    slot.witness.store(WITNESS_REACHABLE, SeqCst);
+    slot.publish_view(2, 8, 1);
+    a.engine.tick(&mut io, Instant::now());
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    collect(&mut a);
+    assert_eq!(a.ok, ok, "nothing acknowledged after the release");
+    assert_eq!(a.errors[errors..], [Errno::IO, Errno::IO]);
+}
+
 /// A survivor granted while running never second-guesses its grant: a later answer naming
 /// no holder (a release meant for an older grant, a view from before the grant) leaves it
 /// serving.
