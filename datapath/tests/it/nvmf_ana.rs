@@ -20,52 +20,47 @@ pub(crate) const NQN: &str = "nqn.2026-11.test:two-volumes";
 const ANA_INACCESSIBLE: u16 = 0x302;
 
 /// A TCP proxy to `127.0.0.1:to` that can be cut: open connections are shut down and new
-/// ones refused (its listener closes). A cut link is restored by a new proxy on the same port
-/// ([`Proxy::on`]).
+/// ones refused (its listener closes); or paused and resumed: open connections are shut
+/// down and new ones closed at once while paused, the listener kept (its port stays this
+/// proxy's, so the sites' dials reach the peer again on `resume`).
 pub(crate) struct Proxy {
     pub(crate) port: u16,
     cut: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Proxy {
     pub(crate) fn new(to: u16) -> Proxy {
-        Self::on(0, to)
-    }
-
-    /// A proxy listening on `127.0.0.1:port` (0: any free port), e.g. the port of one that
-    /// was cut, so the sites' dials reach the peer again.
-    pub(crate) fn on(port: u16, to: u16) -> Proxy {
-        // (A cut proxy's listener closes within its accept loop's 5 ms nap.)
-        let t = Instant::now();
-        let l = loop {
-            match TcpListener::bind(("127.0.0.1", port)) {
-                Ok(l) => break l,
-                Err(_) if t.elapsed() < Duration::from_secs(2) => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => panic!("proxy on port {port}: {e}"),
-            }
-        };
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
         let port = l.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(Mutex::new(Vec::new()));
-        let (c, k) = (Arc::clone(&cut), Arc::clone(&conns));
+        let (c, p, k) = (Arc::clone(&cut), Arc::clone(&paused), Arc::clone(&conns));
         std::thread::spawn(move || {
             while !c.load(Ordering::SeqCst) {
                 let Ok((down, _)) = l.accept() else {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 };
+                if p.load(Ordering::SeqCst) {
+                    // Paused: closed at once (dropped).
+                    continue;
+                }
                 down.set_nonblocking(false).unwrap();
                 let Ok(up) = TcpStream::connect(("127.0.0.1", to)) else {
                     continue;
                 };
                 let _ = (down.set_nodelay(true), up.set_nodelay(true));
                 let mut list = k.lock().unwrap();
-                if c.load(Ordering::SeqCst) {
-                    break;
+                if c.load(Ordering::SeqCst) || p.load(Ordering::SeqCst) {
+                    let _ = (down.shutdown(Shutdown::Both), up.shutdown(Shutdown::Both));
+                    if c.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    continue;
                 }
                 for (mut from, mut into) in [
                     (down.try_clone().unwrap(), up.try_clone().unwrap()),
@@ -82,7 +77,12 @@ impl Proxy {
             }
             // The listener closes here: the sites' dials are refused from now on.
         });
-        Proxy { port, cut, conns }
+        Proxy {
+            port,
+            cut,
+            paused,
+            conns,
+        }
     }
 
     pub(crate) fn cut(&self) {
@@ -91,6 +91,20 @@ impl Proxy {
         for s in list.iter() {
             let _ = s.shutdown(Shutdown::Both);
         }
+    }
+
+    /// Shut down the open connections and close new ones until [`Proxy::resume`].
+    pub(crate) fn pause(&self) {
+        let mut list = self.conns.lock().unwrap();
+        self.paused.store(true, Ordering::SeqCst);
+        for s in list.drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Forward new connections again.
+    pub(crate) fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
     }
 }
 
@@ -430,7 +444,9 @@ fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
 /// patterns read back, the paths show both volumes at site a and, once the link is restored
 /// and site b caught up, the mirroring states again; both patterns then read back through
 /// site b alone. Last, site b is stopped cleanly (SIGTERM) among writes in flight there: none
-/// fails, both patterns read back through site a, and are in all four replica files.
+/// fails and both patterns read back through site a; site b, started again, is caught up, and
+/// all four replica files hold the final patterns (the guest's background rewrites alternate
+/// two patterns, so a lost or reordered rewrite shows).
 /// (The guest runs in `crate::linux_guest`.)
 #[test]
 fn linux_nvme_multipath_moves_a_fenced_volume_to_its_leaders_site_when_the_link_is_cut() {

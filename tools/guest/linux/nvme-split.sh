@@ -25,9 +25,11 @@
 # Kernel command line: tb.host, tb.porta, tb.portb (the sites' NVMe/TCP listeners), tb.nqn,
 # tb.mib (MiB written to each volume), tb.switchat and tb.cutat (the MiBs at which vb is
 # switched over and the link is cut, below tb.mib).
-# Infos: va-md5, vb-md5, switch-vb, switch-window (how long vb was rewritten around the
-# switchover), cut-link, restore-link, rewrites (of each volume during the cut), longest-mib-ms,
-# stop-b.
+# The background loops write two patterns in turns, so a rewrite lost or applied out of order
+# shows in the read-backs (each compares with what the last acknowledged rewrites wrote).
+# Infos: switch-vb, switch-stopping (the switchover's writes end), switch-window (how long vb
+# was rewritten around the switchover), cut-link, restore-link, rewrites (of each volume during
+# the cut), longest-mib-ms, stop-b, va-md5 and vb-md5 (what the replicas must hold in the end).
 H=${tb_host:-10.0.2.2}
 NQN=$tb_nqn
 MIB=${tb_mib:-8}
@@ -57,34 +59,50 @@ put() {
     [ "$ms" -gt "$LONGEST" ] && LONGEST=$ms
 }
 
-# bg_start NAME FILE DEV I: MiB I of FILE rewritten through DEV in the background until
-# /tmp/stop-NAME exists (each failure a line of /tmp/failed-NAME, each rewrite's milliseconds
-# a line of /tmp/rewrites-NAME); its pid in BG_NAME
+# bg_start NAME FILE DEV I: MiB I rewritten through DEV in the background until
+# /tmp/stop-NAME exists, from FILE.alt and FILE in turns (so a rewrite lost or applied out of
+# order shows in the read-backs; bg_stop leaves FILE holding what the last one wrote). Each
+# failure is a line of /tmp/failed-NAME, each rewrite's milliseconds a line of
+# /tmp/rewrites-NAME; its pid in BG_NAME.
 bg_start() {
-    rm -f "/tmp/stop-$1" "/tmp/failed-$1"
+    rm -f "/tmp/stop-$1" "/tmp/failed-$1" "/tmp/last-$1"
     : > "/tmp/rewrites-$1"
     (
+        k=0
         while [ ! -e "/tmp/stop-$1" ]; do
+            if [ $((k % 2)) -eq 0 ]; then src="$2.alt"; else src="$2"; fi
             t=$(uptime_s)
-            dd if="$2" of="$3" bs=1M count=1 skip="$4" seek="$4" oflag=direct conv=fsync 2> "/tmp/bg-$1.err" ||
+            if dd if="$src" of="$3" bs=1M count=1 skip="$4" seek="$4" oflag=direct conv=fsync 2> "/tmp/bg-$1.err"; then
+                echo "$src" > "/tmp/last-$1"
+            else
                 echo "$(tr '\n' ' ' < "/tmp/bg-$1.err")" >> "/tmp/failed-$1"
+            fi
             echo "$(ms_since "$t")" >> "/tmp/rewrites-$1"
+            k=$((k + 1))
         done
     ) &
-    eval "BG_$1=$!"
+    eval "BG_$1=$! BGF_$1=$2 BGI_$1=$4"
 }
 # rewrites NAME: how many rewrites NAME's loop has done
 rewrites() { wc -l < "/tmp/rewrites-$1"; }
 # bg_stop NAME WHAT: stop NAME's loop; its rewrites in REWRITES, its longest in LONGEST, its
-# failures added to FAILED (as WHAT)
+# failures added to FAILED (as WHAT); its FILE then holds at MiB I what the last rewrite wrote
 bg_stop() {
     touch "/tmp/stop-$1"
-    eval "wait \$BG_$1"
+    eval "wait \$BG_$1; f=\$BGF_$1; i_=\$BGI_$1"
     REWRITES=$(rewrites "$1")
     for ms in $(cat "/tmp/rewrites-$1"); do
         [ "$ms" -gt "$LONGEST" ] && LONGEST=$ms
     done
     [ -s "/tmp/failed-$1" ] && FAILED="$FAILED $2:$(tr '\n' ' ' < "/tmp/failed-$1")"
+    if [ "$(cat "/tmp/last-$1" 2> /dev/null)" = "$f.alt" ]; then
+        dd if="$f.alt" of="$f" bs=1M count=1 skip="$i_" seek="$i_" conv=notrunc 2> /dev/null
+    fi
+}
+# md5s: the md5s the heads must read now, in WA and WB
+md5s() {
+    WA=$(md5sum < /tmp/pa | cut -d' ' -f1)
+    WB=$(md5sum < /tmp/pb | cut -d' ' -f1)
 }
 # b_optimized: a path through site b is still optimized
 b_optimized() { [ "$(ana b 1)" = optimized ] || [ "$(ana b 2)" = optimized ]; }
@@ -101,12 +119,9 @@ if connect a "$tb_porta" && connect b "$tb_portb"; then
         check multipath FAIL "heads '$HA' '$HB', $ctrls controller(s), paths '$(paths)' (want '$MIRRORING'): $(nvme list-subsys 2>&1 | tr '\n' ' ')"
     fi
     if [ -n "$HA" ] && [ -n "$HB" ]; then
-        dd if=/dev/urandom of=/tmp/pa bs=1M count="$MIB" 2> /dev/null
-        dd if=/dev/urandom of=/tmp/pb bs=1M count="$MIB" 2> /dev/null
-        wa=$(md5sum < /tmp/pa | cut -d' ' -f1)
-        wb=$(md5sum < /tmp/pb | cut -d' ' -f1)
-        info va-md5 "$wa"
-        info vb-md5 "$wb"
+        for f in /tmp/pa /tmp/pb /tmp/pa.alt /tmp/pb.alt; do
+            dd if=/dev/urandom of=$f bs=1M count="$MIB" 2> /dev/null
+        done
         FAILED=
         LONGEST=0
         SEEN=
@@ -123,6 +138,7 @@ if connect a "$tb_porta" && connect b "$tb_portb"; then
                 t=$(uptime_s)
                 info switch-vb "at MiB $i, $t s"
                 sleep 3
+                info switch-stopping "$(uptime_s) s"
                 bg_stop sw "vb@$i (background, switchover)"
                 info switch-window "$(ms_since "$t") ms, $REWRITES rewrites"
                 if [ "$(paths)" = "$MIRRORING" ]; then
@@ -159,14 +175,15 @@ if connect a "$tb_porta" && connect b "$tb_portb"; then
         done
         info rewrites "$CUT_REWRITES"
         info longest-mib-ms "$LONGEST"
+        md5s
         ga=$(dd if="/dev/$HA" bs=1M count="$MIB" iflag=direct 2> /tmp/dd.err | md5sum | cut -d' ' -f1)
         gb=$(dd if="/dev/$HB" bs=1M count="$MIB" iflag=direct 2>> /tmp/dd.err | md5sum | cut -d' ' -f1)
         if [ -z "$SEEN" ]; then
             check write-through-cut FAIL "a path through b stayed optimized 20 s after the cut ($(paths); $CUT_REWRITES rewrites of MiB $CUTAT)"
         elif [ -n "$FAILED" ]; then
             check write-through-cut FAIL "MiB writes failed:$FAILED"
-        elif [ "$ga" != "$wa" ] || [ "$gb" != "$wb" ]; then
-            check write-through-cut FAIL "read back va $ga (wrote $wa), vb $gb (wrote $wb) $(tr '\n' ' ' < /tmp/dd.err)"
+        elif [ "$ga" != "$WA" ] || [ "$gb" != "$WB" ]; then
+            check write-through-cut FAIL "read back va $ga (wrote $WA), vb $gb (wrote $WB) $(tr '\n' ' ' < /tmp/dd.err)"
         else
             check write-through-cut PASS "$MIB MiB to each volume in ${t0}s..$(uptime_s)s, vb switched over at MiB $SWITCHAT, the link cut at MiB $CUTAT among $CUT_REWRITES rewrites of it ($SEEN), no write failed, longest MiB ${LONGEST} ms; both read back as written"
         fi
@@ -181,8 +198,8 @@ if connect a "$tb_porta" && connect b "$tb_portb"; then
         if wait_paths "$MIRRORING" 900; then
             check paths-mirroring PASS "$(paths) in ${t}s..$(uptime_s)s"
             disconnect a 1
-            readback "/dev/$HA" "$wa" va-at-b
-            readback "/dev/$HB" "$wb" vb-at-b
+            readback "/dev/$HA" "$WA" va-at-b
+            readback "/dev/$HB" "$WB" vb-at-b
             # Site a back, then site b stopped cleanly (planned maintenance) among writes in
             # flight there: Linux must carry them over to site a.
             if connect a "$tb_porta" reconnect-a && wait_paths "$MIRRORING" 300; then
@@ -214,12 +231,19 @@ if connect a "$tb_porta" && connect b "$tb_portb"; then
                 else
                     check write-through-stop PASS "site b stopped among $ra+$REWRITES rewrites (its controller $st), no write failed, $(paths)"
                 fi
-                readback "/dev/$HA" "$wa" va-at-a
-                readback "/dev/$HB" "$wb" vb-at-a
+                md5s
+                readback "/dev/$HA" "$WA" va-at-a
+                readback "/dev/$HB" "$WB" vb-at-a
+            else
+                check write-through-stop FAIL "site a's controller did not come back with the mirroring paths: $(paths)"
             fi
         else
             check paths-mirroring FAIL "'$(paths)' after 90 s, want '$MIRRORING'"
         fi
+        # What every replica must hold in the end.
+        md5s
+        info va-md5 "$WA"
+        info vb-md5 "$WB"
     fi
 fi
 all_gone
