@@ -226,7 +226,9 @@ impl Engine {
     /// error, Linux failed the host's write: test
     /// `failover::a_fenced_site_answers_its_held_updates_unavailable_for_the_host_to_retry_at_the_winner`).
     /// A compare-and-write is answered EIO: its outcome is unknown, and done again where it
-    /// was applied it would miscompare against itself. Without `retry_elsewhere` (a survivor
+    /// was applied it would miscompare against itself (unless it was applied nowhere: not
+    /// decided here nor sent to the peer, test
+    /// `failover::a_compare_and_write_applied_nowhere_is_answered_unavailable_at_a_fence`). Without `retry_elsewhere` (a survivor
     /// fencing: the other site lacks what it acknowledged alone) everything is answered EIO
     /// (test `durable::a_released_survivor_answers_what_it_held_with_eio_not_unavailable`).
     pub(super) fn give_up_held(&mut self, retry_elsewhere: bool) {
@@ -248,8 +250,12 @@ impl Engine {
         self.flushes.take_all();
         for k in keys {
             let op = &mut self.ops[k];
+            // A compare-and-write neither decided here nor sent to the peer (the leader's
+            // compare read at the device; a forward held, never sent) was applied nowhere.
+            let applied_nowhere =
+                op.upd == Upd::Caw && matches!(op.stage, Stage::New | Stage::Held);
             op.stage.confirm();
-            let e = if op.caw || !retry_elsewhere {
+            let e = if (op.caw && !applied_nowhere) || !retry_elsewhere {
                 Errno::IO
             } else {
                 Errno::UNAVAILABLE

@@ -58,18 +58,25 @@ fn the_granted_site_finishes_held_writes_and_the_other_fences() {
 /// site that won, where writing the same data again is harmless. Before, they failed with
 /// EIO, a media error to NVMe and SCSI that Linux fails the host's write on (the Linux
 /// guest's link cut, `nvmf_ana::linux_nvme_multipath_moves_a_fenced_volume_...`, saw a dd
-/// fail with it). A compare-and-write's outcome is unknown (the winner may have applied it,
-/// and compared again there it would miscompare against itself): still an I/O error.
+/// fail with it). A compare-and-write decided and sent has an unknown outcome (the winner may
+/// have applied it, and compared again there it would miscompare against itself): still an
+/// I/O error.
 #[test]
 fn a_fenced_site_answers_its_held_updates_unavailable_for_the_host_to_retry_at_the_winner() {
     for grant_to_a in [true, false] {
-        let (a, b, _io) = lose_peer_holding(grant_to_a, 11, 1, &mut |s, io, rng, slot| {
-            for _ in 0..10 {
-                submit(s, io, rng, slot);
-            }
-            submit_caw(s, io, slot, 0);
-            flush_at(s, io, slot);
-        });
+        let (a, b, _io) = lose_peer_holding(
+            grant_to_a,
+            11,
+            1,
+            &mut |s, io, rng, slot| {
+                for _ in 0..10 {
+                    submit(s, io, rng, slot);
+                }
+                submit_caw(s, io, slot, 0);
+                flush_at(s, io, slot);
+            },
+            &mut |_, _, _| {},
+        );
         let lose = if grant_to_a { &b } else { &a };
         assert_eq!(lose.engine.mode(), Mode::Fenced);
         assert_eq!(
@@ -83,7 +90,40 @@ fn a_fenced_site_answers_its_held_updates_unavailable_for_the_host_to_retry_at_t
             "grant to a: {grant_to_a}: {:?}",
             lose.errors
         );
-        assert_eq!(lose.caw_errors, vec![Errno::IO], "grant to a: {grant_to_a}");
+        // The leader's compare-and-write was decided (its compare read done) and sequenced:
+        // its outcome at the winner is unknown, EIO. The follower's was never forwarded (no
+        // RESENT came in that session): applied nowhere, unavailable (the next test).
+        let caw = if grant_to_a {
+            Errno::UNAVAILABLE
+        } else {
+            Errno::IO
+        };
+        assert_eq!(lose.caw_errors, vec![caw], "grant to a: {grant_to_a}");
+    }
+}
+
+/// A compare-and-write taken after the link went down and given up by the fence before it
+/// was decided or sent to the peer was applied nowhere (the leader's compare read still at its
+/// device; the follower's forward held, never sent): answered unavailable, so an ATS heartbeat
+/// is retried at the site that won instead of failing. One decided or sent stays EIO (above).
+#[test]
+fn a_compare_and_write_applied_nowhere_is_answered_unavailable_at_a_fence() {
+    for grant_to_a in [true, false] {
+        let (a, b, _io) = lose_peer_holding(
+            grant_to_a,
+            13,
+            0,
+            &mut |_, _, _, _| {},
+            &mut |s, io, slot| submit_caw(s, io, slot, 0),
+        );
+        let lose = if grant_to_a { &b } else { &a };
+        assert_eq!(lose.engine.mode(), Mode::Fenced);
+        assert_eq!(lose.outstanding, 0, "grant to a: {grant_to_a}");
+        assert_eq!(
+            lose.caw_errors,
+            vec![Errno::UNAVAILABLE],
+            "grant to a: {grant_to_a}"
+        );
     }
 }
 

@@ -561,18 +561,25 @@ fn past_peer_lease(s: &mut Site, io: &mut IoCx) {
 
 /// Run the link down with writes held at both sites, then let the witness answer.
 fn lose_peer(grant_to_a: bool) -> (Site, Site, IoCx) {
-    lose_peer_holding(grant_to_a, 5, 20, &mut |s, io, rng, slot| {
-        submit(s, io, rng, slot)
-    })
+    lose_peer_holding(
+        grant_to_a,
+        5,
+        20,
+        &mut |s, io, rng, slot| submit(s, io, rng, slot),
+        &mut |_, _, _| {},
+    )
 }
 
 /// As [`lose_peer`], what each site holds when the link goes down submitted by `each` (`rounds`
-/// times at a, then at b; the generator seeded with `seed`).
+/// times at a, then at b; the generator seeded with `seed`; their device operations done),
+/// and by `down` once at each site after the link went down (their device operations left
+/// pending until the witness has answered).
 fn lose_peer_holding(
     grant_to_a: bool,
     seed: u64,
     rounds: usize,
     each: &mut dyn FnMut(&mut Site, &mut IoCx, &mut Rng, &mut u32),
+    down: &mut dyn FnMut(&mut Site, &mut IoCx, &mut u32),
 ) -> (Site, Site, IoCx) {
     use super::super::failover::{DENIED, GRANTED};
     use std::sync::atomic::Ordering::SeqCst;
@@ -590,6 +597,8 @@ fn lose_peer_holding(
     while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
     a.engine.link_down("test");
     b.engine.link_down("test");
+    down(&mut a, &mut io, &mut slot);
+    down(&mut b, &mut io, &mut slot);
     let now = Instant::now();
     both_ask(&mut a, &mut b, &mut io, now);
     collect(&mut a);
