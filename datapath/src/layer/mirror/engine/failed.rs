@@ -14,7 +14,7 @@
 //!   copies them back when this site is resynced;
 //! - fails every held request, the failed one among them (unavailable, as a fence does:
 //!   NVMe ANA Inaccessible, so a multipath host retries it at the peer; a compare-and-write
-//!   EIO, its outcome unknown) and serves nothing more for the volume (path state
+//!   decided or sent to the peer EIO, its outcome unknown) and serves nothing more for the volume (path state
 //!   inaccessible), until the daemon restarts with a working device;
 //! - persists the *fenced* replica state (the session decision then makes this site the
 //!   target of the survivor's resync);
