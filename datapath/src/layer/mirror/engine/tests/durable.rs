@@ -269,25 +269,39 @@ fn a_restarted_survivor_serves_only_once_the_witness_confirms_its_grant() {
     }
 }
 
-/// A restored survivor trusted while the witness was out of reach takes the witness's first
-/// answer when it comes: released, it fences then.
-#[test]
-fn a_survivor_trusted_without_the_witness_fences_at_its_first_answer_if_released() {
-    use crate::layer::mirror::failover::{WITNESS_REACHABLE, WITNESS_UNREACHABLE};
-    let dir = tempfile::tempdir().unwrap();
-    let (mut a, slot, mut io, mut rng, mut n) = restarted_survivor(dir.path());
+/// [`restarted_survivor`] trusted while the witness is out of reach: serving alone, its
+/// restart's write done.
+fn trusted_survivor(dir: &std::path::Path) -> (Site, Arc<FailoverSlot>, IoCx, Rng, u32) {
+    use crate::layer::mirror::failover::WITNESS_UNREACHABLE;
+    let (mut a, slot, mut io, mut rng, n) = restarted_survivor(dir);
     slot.witness.store(WITNESS_UNREACHABLE, SeqCst);
     a.engine.tick(&mut io, Instant::now());
     while complete_one(&mut a, &mut io, &mut rng) {}
     collect(&mut a);
+    (a, slot, io, rng, n)
+}
+
+/// The witness reachable again, its first word naming another holder (an operator released
+/// this site's grant); one tick of `a`.
+fn release(slot: &FailoverSlot, a: &mut Site, io: &mut IoCx) {
+    slot.witness
+        .store(crate::layer::mirror::failover::WITNESS_REACHABLE, SeqCst);
+    slot.publish_view(2, 8, 1);
+    a.engine.tick(io, Instant::now());
+}
+
+/// A restored survivor trusted while the witness was out of reach takes the witness's first
+/// answer when it comes: released, it fences then.
+#[test]
+fn a_survivor_trusted_without_the_witness_fences_at_its_first_answer_if_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, slot, mut io, mut rng, mut n) = trusted_survivor(dir.path());
     assert_eq!((a.ok, a.outstanding), (1, 0));
     write_at(&mut a, &mut io, &mut n, 8192, 0x7C, 4096);
     while complete_one(&mut a, &mut io, &mut rng) {}
     collect(&mut a);
     assert_eq!(a.ok, 2);
-    slot.witness.store(WITNESS_REACHABLE, SeqCst);
-    slot.publish_view(2, 8, 1);
-    a.engine.tick(&mut io, Instant::now());
+    release(&slot, &mut a, &mut io);
     assert_eq!(a.engine.mode(), Mode::Fenced);
     assert!(!a.engine.stats().may_read());
 }
@@ -299,13 +313,8 @@ fn a_survivor_trusted_without_the_witness_fences_at_its_first_answer_if_released
 /// `failover::a_fenced_site_answers_its_held_updates_unavailable_...`).
 #[test]
 fn a_released_survivor_answers_what_it_held_with_eio_not_unavailable() {
-    use crate::layer::mirror::failover::{WITNESS_REACHABLE, WITNESS_UNREACHABLE};
     let dir = tempfile::tempdir().unwrap();
-    let (mut a, slot, mut io, mut rng, mut n) = restarted_survivor(dir.path());
-    slot.witness.store(WITNESS_UNREACHABLE, SeqCst);
-    a.engine.tick(&mut io, Instant::now());
-    while complete_one(&mut a, &mut io, &mut rng) {}
-    collect(&mut a);
+    let (mut a, slot, mut io, mut rng, mut n) = trusted_survivor(dir.path());
     let (ok, errors) = (a.ok, a.errors.len());
     // Held at the device when the release comes.
     write_at(&mut a, &mut io, &mut n, 8192, 0x7C, 4096);
@@ -313,9 +322,7 @@ fn a_released_survivor_answers_what_it_held_with_eio_not_unavailable() {
     flush_at(&mut a, &mut io, &mut n);
     collect(&mut a);
     assert_eq!((a.ok, a.disk.borrow().pending.len()), (ok, 2), "both held");
-    slot.witness.store(WITNESS_REACHABLE, SeqCst);
-    slot.publish_view(2, 8, 1);
-    a.engine.tick(&mut io, Instant::now());
+    release(&slot, &mut a, &mut io);
     assert_eq!(a.engine.mode(), Mode::Fenced);
     while complete_one(&mut a, &mut io, &mut rng) {}
     collect(&mut a);
